@@ -1,0 +1,329 @@
+"""The `drcheck` command line.
+
+Exit status: 0 when everything checked is good, 1 when a probe or restore test failed or
+errored or the configuration is invalid, 2 for usage errors. `--json` output is stable.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from drcheck import __version__
+from drcheck.config_loader import ConfigError, LoadedConfig, find_config, load
+from drcheck.durations import format_duration
+from drcheck.results import Status, utcnow
+
+out = Console()
+err = Console(stderr=True)
+
+STATUS_STYLE = {"ok": "green", "passed": "green", "failed": "bold red", "error": "bold yellow"}
+
+
+def styled(status: str) -> str:
+    return f"[{STATUS_STYLE.get(status, 'white')}]{status}[/]"
+
+
+class State:
+    def __init__(self, config_path: str | None):
+        self.config_path = config_path
+        self._loaded: LoadedConfig | None = None
+
+    def loaded(self) -> LoadedConfig:
+        if self._loaded is None:
+            try:
+                self._loaded = load(find_config(self.config_path))
+            except ConfigError as exc:
+                for message in exc.errors:
+                    err.print(message, markup=False, highlight=False)
+                err.print(f"[red]{len(exc.errors)} configuration problem(s); nothing was run.[/]")
+                sys.exit(1)
+        return self._loaded
+
+    def store(self):
+        from drcheck.engine import open_store
+
+        return open_store(self.loaded())
+
+
+pass_state = click.make_pass_decorator(State)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "-c", "config_path", metavar="PATH", envvar="DRCHECK_CONFIG",
+              help="drcheck.toml (default: $DRCHECK_CONFIG, ./drcheck.toml, /etc/drcheck/drcheck.toml)")
+@click.option("--verbose", "-v", count=True, help="more log output (-vv for debug)")
+@click.version_option(__version__, prog_name="drcheck")
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None, verbose: int) -> None:
+    """drcheck proves your backups restore: it probes backup repositories, test-restores
+    into a sandbox, verifies what came back and measures RTO and RPO."""
+    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    ctx.obj = State(config_path)
+
+
+@cli.group()
+def config() -> None:
+    """Check and describe the configuration."""
+
+
+@config.command("validate")
+@pass_state
+def config_validate(state: State) -> None:
+    """Validate drcheck.toml and the runbooks; print every problem with file and key."""
+    loaded = state.loaded()
+    cfg = loaded.config
+    out.print(f"[green]{loaded.path}: valid[/] — {len(loaded.runbooks)} system(s), "
+              f"{len(cfg.probes)} probe(s), {len(cfg.restore_tests)} restore test(s)")
+
+
+@config.command("schema")
+@click.option("--runbook", is_flag=True, help="the schema of runbooks/*.toml instead")
+def config_schema(runbook: bool) -> None:
+    """Print the JSON schema of drcheck.toml (for editors such as VS Code + Even Better TOML)."""
+    from drcheck.schema import schema_json
+
+    click.echo(schema_json(runbook))
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--check", "action", flag_value="check", help="run the repository integrity check instead")
+@click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
+@pass_state
+def probe(state: State, name: str, action: str | None, as_json: bool) -> None:
+    """Run probe NAME once: list restore points (or --check the repository)."""
+    from drcheck.engine import run_probe
+
+    loaded = state.loaded()
+    _require(name, loaded.config.probes, "probe")
+    with state.store() as store, err.status(f"probing {name}…"):
+        result = run_probe(loaded, store, name, action or "snapshots")
+    if as_json:
+        click.echo(json.dumps(_probe_json(result), indent=2))
+    else:
+        table = Table("system", "copy", "newest restore point", "age", "points", title=f"{name} ({result.action})")
+        for p in result.newest:
+            age = (result.started_at - p.point_time).total_seconds()
+            table.add_row(p.system, p.copy, _local(loaded, p.point_time), format_duration(age),
+                          str(result.point_counts.get(p.system, "")))
+        if result.newest:
+            out.print(table)
+        for f in result.findings:
+            out.print(f"[{'red' if f.severity.value == 'critical' else 'yellow'}]{f.severity.value}[/]: {f.message}")
+        out.print(f"{name}: {styled(result.status.value)} in {result.duration_seconds:.1f}s"
+                  + (f" — {result.reason}" if result.reason else ""))
+    sys.exit(0 if result.status.good else 1)
+
+
+@cli.command("restore-test")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
+@pass_state
+def restore_test(state: State, name: str, as_json: bool) -> None:
+    """Run restore test NAME once: restore, verify, measure, clean up."""
+    from drcheck.engine import raise_on_sigterm, run_restore_test
+
+    loaded = state.loaded()
+    _require(name, loaded.config.restore_tests, "restore test")
+    raise_on_sigterm()
+    with state.store() as store:
+        if as_json or not err.is_terminal:
+            result = run_restore_test(loaded, store, name)
+        else:
+            with _ProgressView() as view:
+                result = run_restore_test(loaded, store, name, progress=view)
+    if as_json:
+        click.echo(json.dumps(_restore_json(result), indent=2))
+    else:
+        _print_restore(loaded, result)
+    sys.exit(0 if result.status.good else 1)
+
+
+@cli.group()
+def canary() -> None:
+    """Canary files planted in live sources."""
+
+
+@canary.command("plant")
+@click.argument("tests", nargs=-1)
+@pass_state
+def canary_plant(state: State, tests: tuple[str, ...]) -> None:
+    """Write fresh canaries for TESTS (default: every restore test with a canary)."""
+    from drcheck.engine import plant_canary
+
+    loaded = state.loaded()
+    names = tests or tuple(n for n, t in loaded.config.restore_tests.items() if t.canary)
+    with state.store() as store:
+        for name in names:
+            _require(name, loaded.config.restore_tests, "restore test")
+            out.print(f"{name}: canary written to {plant_canary(loaded, store, name)}")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="print as JSON")
+@pass_state
+def status(state: State, as_json: bool) -> None:
+    """Show each system: tier, targets, newest restore points, last test and verdict."""
+    from drcheck.status import system_statuses
+
+    loaded = state.loaded()
+    with state.store() as store:
+        statuses = system_statuses(loaded, store, utcnow())
+    if as_json:
+        click.echo(json.dumps({"generated_at": utcnow().isoformat(), "systems": [s.to_json() for s in statuses]},
+                              indent=2))
+    else:
+        print_status_table(loaded, statuses)
+    sys.exit(0 if all(s.ok for s in statuses) else 1)
+
+
+def print_status_table(loaded: LoadedConfig, statuses) -> None:
+    table = Table("system", "tier", "RTO / RPO target", "newest point (age)", "last test", "RTO", "RPO", "verdict",
+                  title="drcheck status", show_lines=True)
+    for s in statuses:
+        points = "\n".join(f"{p.copy}: {format_duration(p.age_seconds)}" + ("" if p.within_rpo else " [red]✗[/]")
+                           for p in s.points) or "[red]none[/]"
+        t = s.last_test
+        last = f"{styled(t.status)} {_local(loaded, t.started_at)}" if t else "never"
+        rto = _vs(t.rto_seconds, s.rto_target_seconds) if t else "—"
+        rpo = _vs(t.rpo_seconds, s.rpo_target_seconds) if t else "—"
+        verdict = "[green]OK[/]" if s.ok else "[red]" + "\n".join(s.problems) + "[/]"
+        table.add_row(f"{s.system}\n[dim]{s.name}[/]", str(s.tier),
+                      f"{format_duration(s.rto_target_seconds)} / {format_duration(s.rpo_target_seconds)}",
+                      points, last, rto, rpo, verdict)
+    out.print(table)
+
+
+@cli.group()
+def report() -> None:
+    """Render reports from the store."""
+
+
+@report.command("weekly")
+@click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path),
+              help="directory to write into (default: reports.output_dir)")
+@pass_state
+def report_weekly(state: State, output: Path | None) -> None:
+    """Render the weekly restore report (HTML) for the 7 days up to now."""
+    from drcheck.reporting import render_weekly
+
+    loaded = state.loaded()
+    with state.store() as store:
+        path = render_weekly(loaded, store, output or loaded.config.reports.output_dir, utcnow())
+    out.print(f"weekly report: {path}")
+
+
+@cli.command()
+@pass_state
+def run(state: State) -> None:
+    """Run the agent: scheduled probes and tests, and the metrics endpoint (SIGHUP
+    reloads the configuration, SIGTERM stops cleanly)."""
+    from drcheck.scheduler import Daemon
+
+    state.loaded()
+    sys.exit(Daemon(find_config(state.config_path)).serve())
+
+
+@cli.command()
+@click.option("--lab", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="where to build the lab (default: next to the config, var/lab)")
+@pass_state
+def demo(state: State, lab: Path | None) -> None:
+    """Build the local demo lab and run one full verification cycle on it."""
+    from drcheck.demo import run_demo
+
+    sys.exit(run_demo(state, lab))
+
+
+def _require(name: str, known: dict, what: str) -> None:
+    if name not in known:
+        choices = ", ".join(sorted(known)) or "none configured"
+        err.print(f"[red]unknown {what} {name!r}[/] (configured: {choices})")
+        sys.exit(1)
+
+
+def _local(loaded: LoadedConfig, when) -> str:
+    from zoneinfo import ZoneInfo
+
+    return when.astimezone(ZoneInfo(loaded.config.agent.timezone)).strftime("%Y-%m-%d %H:%M %Z") if when else "—"
+
+
+def _vs(measured: float | None, target: float) -> str:
+    if measured is None:
+        return "—"
+    colour = "green" if measured <= target else "red"
+    return f"[{colour}]{format_duration(measured)}[/]"
+
+
+def _probe_json(result) -> dict:
+    return {
+        "probe": result.probe, "action": result.action, "status": result.status.value, "reason": result.reason,
+        "copy": result.copy, "started_at": result.started_at.isoformat(),
+        "duration_seconds": round(result.duration_seconds, 3),
+        "restore_points": [{"system": p.system, "copy": p.copy, "point_time": p.point_time.isoformat(),
+                            "point_id": p.point_id, "count": result.point_counts.get(p.system)}
+                           for p in result.newest],
+        "findings": [{"severity": f.severity.value, "code": f.code, "system": f.system, "message": f.message}
+                     for f in result.findings],
+    }
+
+
+def _restore_json(result) -> dict:
+    keys = ("test", "kind", "system", "probe", "copy", "reason", "point_id", "restore_seconds", "verify_seconds",
+            "rto_seconds", "rpo_seconds", "rpo_source", "rto_target_seconds", "rpo_target_seconds",
+            "files_restored", "bytes_restored")
+    data = {k: getattr(result, k) for k in keys}
+    data.update(status=result.status.value, started_at=result.started_at.isoformat(),
+                point_time=result.point_time.isoformat() if result.point_time else None,
+                checks=[{"name": c.name, "status": c.status.value, "evidence": c.evidence,
+                         "duration_seconds": round(c.duration_seconds, 3)} for c in result.checks])
+    return data
+
+
+def _print_restore(loaded: LoadedConfig, result) -> None:
+    table = Table("check", "result", "evidence", "time", title=f"restore test {result.test} ({result.system})")
+    for c in result.checks:
+        table.add_row(c.name, styled(c.status.value), c.evidence, f"{c.duration_seconds:.2f}s")
+    if result.checks:
+        out.print(table)
+    if result.point_time:
+        out.print(f"restore point {result.point_id[:8] if result.point_id else ''} of "
+                  f"{_local(loaded, result.point_time)}: {result.files_restored} files, "
+                  f"{(result.bytes_restored or 0) / 1e6:.1f} MB")
+    out.print(f"restore {format_duration(result.restore_seconds)}, verify {format_duration(result.verify_seconds)}; "
+              f"RTO {format_duration(result.rto_seconds)} (target {format_duration(result.rto_target_seconds)}), "
+              f"RPO {format_duration(result.rpo_seconds)} via {result.rpo_source or '—'} "
+              f"(target {format_duration(result.rpo_target_seconds)})")
+    out.print(f"{result.test}: {styled(result.status.value)}" + (f" — {result.reason}" if result.reason else ""))
+
+
+class _ProgressView:
+    """A rich progress display fed by restore-test phase updates."""
+
+    watching = True
+
+    def __enter__(self):
+        self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                                 DownloadColumn(), TimeElapsedColumn(), console=err, transient=True)
+        self.progress.__enter__()
+        self.task = self.progress.add_task("starting", total=None)
+        return self
+
+    def __call__(self, phase: str, done: float | None = None, total: float | None = None) -> None:
+        self.progress.update(self.task, description=phase, completed=done or 0, total=total)
+
+    def __exit__(self, *exc):
+        self.progress.__exit__(*exc)
+
+
+def main() -> None:
+    cli(prog_name="drcheck")

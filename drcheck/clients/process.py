@@ -1,0 +1,79 @@
+"""Run external programs with a timeout, killing their whole process group on expiry."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+
+class CommandTimeout(RuntimeError):
+    """The program was still running after its timeout and was killed."""
+
+
+class CommandNotFound(RuntimeError):
+    """The program does not exist or is not executable."""
+
+
+@dataclass
+class Completed:
+    argv: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    timeout: float,
+    env: Mapping[str, str] | None = None,
+    cwd: str | Path | None = None,
+    stdout_path: Path | None = None,
+) -> Completed:
+    """Run argv (no shell) and return its exit status and output.
+
+    `env` is added to a minimal environment (PATH, HOME, LANG, TMPDIR), so the agent's own
+    variables, secrets included, do not leak into children. When `stdout_path` is given,
+    stdout streams to that file instead of memory. Raise CommandTimeout (after killing the
+    process group) or CommandNotFound.
+    """
+    full_env = {k: os.environ[k] for k in ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR") if k in os.environ}
+    full_env.update(env or {})
+    out = open(stdout_path, "wb") if stdout_path else subprocess.PIPE
+    try:
+        proc = subprocess.Popen(
+            list(argv), stdout=out, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+            env=full_env, cwd=cwd, start_new_session=True,
+        )
+    except (FileNotFoundError, PermissionError) as exc:
+        raise CommandNotFound(f"{argv[0]}: {exc.strerror}") from None
+    finally:
+        if stdout_path:
+            out.close()
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_group(proc.pid)
+        proc.communicate()
+        raise CommandTimeout(f"{Path(argv[0]).name} killed after {timeout:.0f}s") from None
+    except BaseException:
+        kill_group(proc.pid)
+        proc.wait()
+        raise
+    return Completed(
+        list(argv), proc.returncode,
+        stdout.decode(errors="replace") if stdout is not None else "",
+        stderr.decode(errors="replace"),
+    )
+
+
+def kill_group(pid: int, sig: int = signal.SIGKILL) -> None:
+    """Send `sig` to the process group led by `pid`; ignore a group that is already gone."""
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:
+        pass

@@ -1,0 +1,169 @@
+"""The restic command-line client: snapshots, listing, check and restore.
+
+Passwords reach restic through --password-file (file and systemd-credential references)
+or RESTIC_PASSWORD in the child's environment (env references); never on the command line
+and never in logs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Iterator, Mapping, Sequence
+
+from drcheck.clients import process
+from drcheck.secrets import SecretRef
+
+log = logging.getLogger(__name__)
+
+
+class ResticError(RuntimeError):
+    """restic failed; the message is a one-line reason fit for a result."""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    id: str
+    time: datetime
+    hostname: str
+    paths: tuple[str, ...]
+    tags: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One node of a snapshot listing."""
+
+    path: str
+    type: str
+    size: int
+    mtime: datetime | None
+
+
+def _parse_time(value: str) -> datetime:
+    # restic prints nanoseconds and sometimes a numeric offset; Python takes microseconds.
+    if "." in value:
+        head, tail = value.split(".", 1)
+        digits = "".join(c for c in tail if c.isdigit())
+        zone = tail[len(digits):]
+        value = f"{head}.{digits[:6]}{zone}"
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+_KNOWN_FAILURES = (
+    ("wrong password", "wrong repository password (no key found)"),
+    ("no key found", "wrong repository password (no key found)"),
+    ("Is there a repository at the following location", "no restic repository at the configured location"),
+    ("repository does not exist", "no restic repository at the configured location"),
+    ("unable to open config file", "no restic repository at the configured location"),
+    ("unable to create lock", "repository is locked by another restic process"),
+)
+
+
+def explain_failure(stderr: str, returncode: int) -> str:
+    """Turn restic's stderr into a short reason, keeping restic's own last line."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    for needle, reason in _KNOWN_FAILURES:
+        if needle in stderr:
+            return reason
+    last = lines[-1] if lines else "no output"
+    return f"restic exited {returncode}: {last[:300]}"
+
+
+class ResticRepository:
+    """One restic repository, reached with `command` (a restic binary)."""
+
+    def __init__(
+        self,
+        repository: str,
+        password: SecretRef,
+        *,
+        command: str = "restic",
+        environment: Mapping[str, str | SecretRef] | None = None,
+        timeout: float = 600,
+    ):
+        self.repository = repository
+        self.password = password
+        self.command = command
+        self.environment = dict(environment or {})
+        self.timeout = timeout
+
+    def _env(self) -> dict[str, str]:
+        env = {"RESTIC_REPOSITORY": self.repository, "RESTIC_CACHE_DIR": _cache_dir()}
+        for name, value in self.environment.items():
+            env[name] = value.reveal() if isinstance(value, SecretRef) else value
+        path = self.password.file_path()
+        if path is not None:
+            env["RESTIC_PASSWORD_FILE"] = str(path)
+        else:
+            env["RESTIC_PASSWORD"] = self.password.reveal()
+        return env
+
+    def _run(self, args: Sequence[str], *, timeout: float | None = None, stdout_path: Path | None = None):
+        argv = [self.command, "--no-lock" if args[0] in ("snapshots", "ls") else "", *args]
+        argv = [a for a in argv if a]
+        log.debug("running %s", " ".join(argv))
+        try:
+            done = process.run(argv, timeout=timeout or self.timeout, env=self._env(), stdout_path=stdout_path)
+        except process.CommandNotFound as exc:
+            raise ResticError(f"restic command not found: {exc}") from None
+        except process.CommandTimeout as exc:
+            raise ResticError(str(exc)) from None
+        if done.returncode != 0:
+            raise ResticError(explain_failure(done.stderr, done.returncode))
+        return done
+
+    def snapshots(self) -> list[Snapshot]:
+        """Return every snapshot, oldest first. Raise ResticError with a reason."""
+        done = self._run(["snapshots", "--json"])
+        try:
+            raw = json.loads(done.stdout or "[]") or []
+        except json.JSONDecodeError as exc:
+            raise ResticError(f"unreadable `restic snapshots --json` output: {exc}") from None
+        snaps = [
+            Snapshot(
+                id=s["id"], time=_parse_time(s["time"]), hostname=s.get("hostname", ""),
+                paths=tuple(s.get("paths") or ()), tags=tuple(s.get("tags") or ()),
+            )
+            for s in raw
+        ]
+        return sorted(snaps, key=lambda s: s.time)
+
+    def check(self, read_data_subset: str) -> str:
+        """Run `restic check --read-data-subset`; return its summary, raise ResticError."""
+        done = self._run(["check", f"--read-data-subset={read_data_subset}"])
+        lines = [line for line in done.stdout.splitlines() if line.strip()]
+        return lines[-1] if lines else "no errors were found"
+
+    def ls(self, snapshot_id: str, include: Sequence[str] = ()) -> Iterator[Entry]:
+        """Yield every node of a snapshot (under `include` paths, when given)."""
+        with tempfile.NamedTemporaryFile(prefix="drcheck-ls-", suffix=".jsonl") as listing:
+            self._run(["ls", "--json", snapshot_id, *include], stdout_path=Path(listing.name))
+            with open(listing.name, encoding="utf-8", errors="replace") as handle:
+                for line in handle:
+                    node = json.loads(line)
+                    if node.get("struct_type") != "node":
+                        continue
+                    mtime = node.get("mtime")
+                    yield Entry(
+                        path=node["path"], type=node.get("type", ""),
+                        size=int(node.get("size") or 0),
+                        mtime=_parse_time(mtime) if mtime else None,
+                    )
+
+    def restore(self, snapshot_id: str, target: Path, include: Sequence[str] = (), timeout: float | None = None) -> None:
+        """Restore a snapshot (or the `include` paths of it) into `target`."""
+        args = ["restore", snapshot_id, "--target", str(target)]
+        for path in include:
+            args += ["--include", path]
+        self._run(args, timeout=timeout)
+
+
+def _cache_dir() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "drcheck", "restic")

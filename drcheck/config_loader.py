@@ -1,0 +1,272 @@
+"""Load and check drcheck.toml and runbooks/*.toml.
+
+`load(path)` returns a `LoadedConfig` or raises `ConfigError` carrying every problem found,
+each as "<file>: <key.path>: <message>". Pass one validates each file against the schema
+in `drcheck.config`; pass two checks cross-references (a restore test naming an unknown
+probe, a copy at an unknown site). Input values are never echoed for strings, so a secret
+typed into the wrong key does not end up in a terminal or a log.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from drcheck.config import Config, FilesRestoreTest, ResticProbe, Runbook
+
+DEFAULT_LOCATIONS = (Path("drcheck.toml"), Path("/etc/drcheck/drcheck.toml"))
+
+
+class ConfigError(Exception):
+    """Configuration is invalid; `errors` lists one message per problem."""
+
+    def __init__(self, errors: list[str]):
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+@dataclass
+class LoadedConfig:
+    """A validated configuration and the runbooks it refers to."""
+
+    path: Path
+    config: Config
+    runbooks: dict[str, Runbook] = field(default_factory=dict)
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent
+
+    @property
+    def database_path(self) -> Path:
+        return self.config.agent.state_dir / "drcheck.db"
+
+    def system_source_paths(self, probe: str, system: str) -> list[Path]:
+        """Return the source paths the probe's mapping rules give for a system."""
+        rules = self.config.probes[probe].systems
+        return [p for rule in rules if rule.system == system for p in rule.paths]
+
+
+def find_config(explicit: str | os.PathLike | None) -> Path:
+    """Return the config path: explicit, else $DRCHECK_CONFIG, else ./drcheck.toml, else
+    /etc/drcheck/drcheck.toml. Raise ConfigError when none exists."""
+    if explicit:
+        return Path(explicit)
+    if os.environ.get("DRCHECK_CONFIG"):
+        return Path(os.environ["DRCHECK_CONFIG"])
+    for candidate in DEFAULT_LOCATIONS:
+        if candidate.exists():
+            return candidate
+    raise ConfigError(
+        ["no configuration found: pass --config, set $DRCHECK_CONFIG, or create ./drcheck.toml "
+         "or /etc/drcheck/drcheck.toml"]
+    )
+
+
+def load(path: str | os.PathLike) -> LoadedConfig:
+    """Given the path of drcheck.toml, return the validated configuration and runbooks.
+
+    Raise ConfigError listing every problem (syntax, schema, cross-references) at once.
+    """
+    path = Path(path).absolute()
+    errors: list[str] = []
+    data = _read_toml(path, errors)
+    config = _validate(Config, data, path, errors) if data is not None else None
+    if config is None:
+        raise ConfigError(errors)
+    runbooks = _load_runbooks(config.agent.runbooks_dir, path, errors)
+    loaded = LoadedConfig(path=path, config=config, runbooks=runbooks)
+    errors.extend(cross_reference_errors(loaded))
+    if errors:
+        raise ConfigError(errors)
+    return loaded
+
+
+def _display(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _read_toml(path: Path, errors: list[str]) -> dict | None:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        errors.append(f"{_display(path)}: file not found")
+    except OSError as exc:
+        errors.append(f"{_display(path)}: cannot read ({exc.strerror})")
+    except tomllib.TOMLDecodeError as exc:
+        errors.append(f"{_display(path)}: not valid TOML: {exc}")
+    return None
+
+
+def _validate(model: type[BaseModel], data: dict, path: Path, errors: list[str]):
+    try:
+        return model.model_validate(data, context={"base_dir": path.parent})
+    except ValidationError as exc:
+        for error in exc.errors(include_url=False):
+            errors.append(format_error(model, path, error))
+        return None
+
+
+def _load_runbooks(directory: Path, config_path: Path, errors: list[str]) -> dict[str, Runbook]:
+    if not directory.is_dir():
+        errors.append(f"{_display(config_path)}: agent.runbooks_dir: {directory} is not a directory")
+        return {}
+    runbooks: dict[str, Runbook] = {}
+    for file in sorted(directory.glob("*.toml")):
+        data = _read_toml(file, errors)
+        if data is None:
+            continue
+        runbook = _validate(Runbook, data, file, errors)
+        if runbook is not None:
+            runbooks[file.stem] = runbook
+    return runbooks
+
+
+def format_error(model: type[BaseModel], path: Path, error: dict[str, Any]) -> str:
+    """Render one pydantic error as "<file>: <key.path>: <message>"."""
+    parts, parent = _walk(model, error["loc"])
+    key_path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in parts).lstrip(".")
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        allowed = ", ".join(sorted(_fields(parent))) if parent else ""
+        message = "unknown key" + (f" (expected one of: {allowed})" if allowed else "")
+    elif kind == "missing":
+        message = "required key is missing"
+    else:
+        message = error["msg"].removeprefix("Value error, ")
+        value = error.get("input")
+        if kind not in ("value_error", "assertion_error") and isinstance(value, (int, float, bool)):
+            message += f" (got {value!r})"
+        elif kind not in ("value_error", "assertion_error") and isinstance(value, (list, dict)):
+            message += f" (got a {'table' if isinstance(value, dict) else 'list'})"
+    return f"{_display(path)}: {key_path or '(top level)'}: {message}"
+
+
+def _fields(model: type[BaseModel]) -> list[str]:
+    return [info.alias or name for name, info in model.model_fields.items()]
+
+
+def _walk(model: type[BaseModel], loc: tuple) -> tuple[list, type[BaseModel] | None]:
+    """Follow an error location through the schema. Return the parts to display (without
+    pydantic's union tags) and the model that holds the last key."""
+    shown: list = []
+    current: Any = model
+    holder: type[BaseModel] | None = None
+    for part in loc:
+        current = _unwrap(current)
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            holder = current
+            info = current.model_fields.get(part) if isinstance(part, str) else None
+            shown.append(part)
+            current = info.annotation if info else None
+            continue
+        origin = typing.get_origin(current)
+        if origin in (dict, list):
+            shown.append(part)
+            current = typing.get_args(current)[-1]
+            continue
+        if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+            members = [_unwrap(a) for a in typing.get_args(current)]
+            models = [m for m in members if isinstance(m, type) and issubclass(m, BaseModel)]
+            tagged = [m for m in models if _kind_of(m) == part or m.__name__ == part]
+            if tagged:
+                current = tagged[0]
+                continue
+            current = models[0] if models else None
+            if current is not None:
+                holder = current
+            shown.append(part)
+            continue
+        if isinstance(part, str) and not part.startswith(("function-", "json-")):
+            shown.append(part)
+        current = None
+    return shown, holder
+
+
+def _unwrap(annotation: Any) -> Any:
+    while typing.get_origin(annotation) is typing.Annotated:
+        annotation = typing.get_args(annotation)[0]
+    return annotation
+
+
+def _kind_of(model: type[BaseModel]) -> str | None:
+    info = model.model_fields.get("kind")
+    if info is None:
+        return None
+    args = typing.get_args(info.annotation)
+    return args[0] if args else None
+
+
+def cross_reference_errors(loaded: LoadedConfig) -> list[str]:
+    """Return one message per broken reference between sections and runbooks."""
+    cfg = loaded.config
+    where = _display(loaded.path)
+    errors: list[str] = []
+
+    def unknown(key: str, kind: str, value: str, known) -> None:
+        choices = ", ".join(sorted(known)) or "none defined"
+        errors.append(f"{where}: {key}: unknown {kind} {value!r} (known: {choices})")
+
+    if cfg.agent.site and cfg.agent.site not in cfg.sites:
+        unknown("agent.site", "site", cfg.agent.site, cfg.sites)
+    for name, copy in cfg.copies.items():
+        if copy.site not in cfg.sites:
+            unknown(f"copies.{name}.site", "site", copy.site, cfg.sites)
+    for name, probe in cfg.probes.items():
+        if probe.copy not in cfg.copies:
+            unknown(f"probes.{name}.copy", "copy", probe.copy, cfg.copies)
+        for i, rule in enumerate(probe.systems):
+            if rule.system not in loaded.runbooks:
+                unknown(f"probes.{name}.systems[{i}].system", "system", rule.system, loaded.runbooks)
+    for name, test in cfg.restore_tests.items():
+        errors.extend(_restore_test_errors(loaded, name, test, where, unknown))
+    for system, runbook in loaded.runbooks.items():
+        for i, dep in enumerate(runbook.depends_on):
+            if dep not in loaded.runbooks:
+                file = _display(cfg.agent.runbooks_dir / f"{system}.toml")
+                choices = ", ".join(sorted(loaded.runbooks))
+                errors.append(f"{file}: depends_on[{i}]: unknown system {dep!r} (known: {choices})")
+    return errors
+
+
+def _restore_test_errors(loaded, name: str, test: FilesRestoreTest, where: str, unknown) -> list[str]:
+    cfg = loaded.config
+    errors: list[str] = []
+    key = f"restore_tests.{name}"
+    if test.system not in loaded.runbooks:
+        unknown(f"{key}.system", "system", test.system, loaded.runbooks)
+    if test.probe not in cfg.probes:
+        unknown(f"{key}.probe", "probe", test.probe, cfg.probes)
+        return errors
+    probe: ResticProbe = cfg.probes[test.probe]
+    if not any(rule.system == test.system for rule in probe.systems):
+        errors.append(f"{where}: {key}.system: probe {test.probe!r} maps no snapshots to {test.system!r}")
+    uses_relative = (test.canary is not None and not test.canary.path.is_absolute()) or any(
+        not p.is_absolute() for p in test.expected_paths
+    )
+    sources = loaded.system_source_paths(test.probe, test.system)
+    if uses_relative and len(sources) != 1:
+        errors.append(
+            f"{where}: {key}: canary and relative expected_paths need exactly one source path "
+            f"for {test.system!r} in probes.{test.probe}.systems (found {len(sources)})"
+        )
+    if test.target_dir is not None and not _is_under_base(test.target_dir, cfg.agent.sandbox_root):
+        errors.append(
+            f"{where}: {key}.target_dir: {test.target_dir} is outside agent.sandbox_root "
+            f"({cfg.agent.sandbox_root}); restores only happen inside the sandbox"
+        )
+    return errors
+
+
+def _is_under_base(path: Path, base: Path) -> bool:
+    return path == base or base in path.parents

@@ -1,0 +1,114 @@
+"""The job boundary: run a probe, a repository check, a restore test or a canary planting
+by name, turn every failure into a recorded result, and return it.
+
+The CLI, the scheduler's child processes and the demo all call these; nothing else runs
+probes or restore tests.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from pathlib import Path, PurePosixPath
+from typing import Callable
+
+from drcheck import canary, sandbox
+from drcheck.config_loader import LoadedConfig
+from drcheck.context import Progress, RunContext, _no_progress
+from drcheck.probes import module_for as probe_module
+from drcheck.restore_tests import module_for as restore_module
+from drcheck.results import ProbeResult, RestoreTestResult, Status, utcnow
+from drcheck.store import Store, parse_ts
+
+log = logging.getLogger(__name__)
+
+
+class Interrupted(BaseException):
+    """SIGTERM arrived while a job ran; raised so `finally` blocks clean up."""
+
+
+def raise_on_sigterm() -> None:
+    """Make SIGTERM raise Interrupted in the main thread, so sandboxes get removed."""
+
+    def handler(signum, frame):
+        raise Interrupted(f"interrupted by signal {signal.Signals(signum).name}")
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def open_store(loaded: LoadedConfig) -> Store:
+    return Store(loaded.database_path, agent=loaded.config.agent.name)
+
+
+def run_probe(loaded: LoadedConfig, store: Store, name: str, action: str = "snapshots",
+              progress: Progress = _no_progress) -> ProbeResult:
+    """Run probe `name` (`action` "snapshots" or "check"), record and return the result."""
+    target = loaded.config.probes[name]
+    ctx = RunContext(name=name, loaded=loaded, store=store, progress=progress)
+    module = probe_module(target.kind)
+    started = utcnow()
+    try:
+        func = module.probe if action == "snapshots" else getattr(module, action)
+        result = func(target, ctx)
+    except Exception as exc:  # a bug in a probe must not take the agent down
+        log.exception("probe %s (%s) crashed", name, action)
+        result = ProbeResult(probe=name, kind=target.kind, action=action, status=Status.ERROR,
+                             started_at=started, finished_at=utcnow(), copy=target.copy,
+                             reason=f"internal error: {type(exc).__name__}: {exc}")
+    store.record_probe(result)
+    log.info("probe %s %s: %s %s", name, action, result.status.value, result.reason)
+    return result
+
+
+def run_restore_test(loaded: LoadedConfig, store: Store, name: str,
+                     progress: Progress = _no_progress) -> RestoreTestResult:
+    """Run restore test `name`, record and return the result. Leftover sandboxes of dead
+    runs are reaped first. An interruption (SIGTERM) is recorded, then re-raised."""
+    reap_orphans(loaded, store)
+    target = loaded.config.restore_tests[name]
+    ctx = RunContext(name=name, loaded=loaded, store=store, progress=progress)
+    started = utcnow()
+
+    def error(reason: str) -> RestoreTestResult:
+        return RestoreTestResult(test=name, kind=target.kind, system=target.system, status=Status.ERROR,
+                                 started_at=started, finished_at=utcnow(), probe=target.probe, reason=reason)
+
+    try:
+        result = restore_module(target.kind).run(target, ctx)
+    except (Interrupted, KeyboardInterrupt) as exc:
+        store.record_restore_test(error(str(exc) or "interrupted"))
+        raise
+    except Exception as exc:
+        log.exception("restore test %s crashed", name)
+        result = error(f"internal error: {type(exc).__name__}: {exc}")
+    store.record_restore_test(result)
+    log.info("restore test %s: %s %s", name, result.status.value, result.reason)
+    return result
+
+
+def plant_canary(loaded: LoadedConfig, store: Store, name: str, now: Callable = utcnow) -> Path:
+    """Write a fresh canary for restore test `name` into its system's live source."""
+    target = loaded.config.restore_tests[name]
+    path = Path(target.canary.path)
+    if not path.is_absolute():
+        (base,) = loaded.system_source_paths(target.probe, target.system)
+        path = Path(base) / PurePosixPath(path)
+    canary.plant(store, name, target.system, path, now())
+    log.info("planted canary for %s at %s", name, path)
+    return path
+
+
+def reap_orphans(loaded: LoadedConfig, store: Store) -> list[dict]:
+    """Remove sandboxes left by dead runs and record each interrupted test as an error."""
+    reaped = sandbox.reap(store, loaded.config.agent.sandbox_root)
+    for lease in reaped:
+        test = loaded.config.restore_tests.get(lease["test"])
+        started = parse_ts(lease["created_at"])
+        store.record_restore_test(RestoreTestResult(
+            test=lease["test"], kind=test.kind if test else "unknown",
+            system=test.system if test else "unknown", status=Status.ERROR,
+            started_at=started, finished_at=utcnow(), probe=test.probe if test else None,
+            sandbox=lease["path"],
+            reason=f"interrupted: the run (pid {lease['pid']}) died; its sandbox was removed at next start",
+        ))
+    return reaped

@@ -1,0 +1,164 @@
+"""Prometheus metrics, computed from the store at scrape time.
+
+Names are stable (alerts and dashboards depend on them). Timestamps, not ages, are
+exported, so an alert computes `time() - drcheck_restore_point_newest_timestamp_seconds`
+and a stopped agent cannot freeze an age at a harmless value.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from pathlib import Path
+from typing import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, write_to_textfile
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from drcheck import __version__
+from drcheck.config_loader import LoadedConfig
+from drcheck.store import Store
+
+log = logging.getLogger(__name__)
+
+LATEST_POINTS = """
+SELECT rp.system, rp.copy, rp.point_time, rp.point_count FROM restore_points rp
+JOIN (SELECT MAX(id) AS id FROM restore_points GROUP BY system, copy) n ON rp.id = n.id"""
+LATEST_TESTS = """
+SELECT rt.system, rt.test, rt.started_at, rt.status, rt.restore_seconds, rt.verify_seconds,
+       rt.rto_target_seconds, rt.rpo_target_seconds FROM restore_tests rt
+JOIN (SELECT MAX(id) AS id FROM restore_tests GROUP BY system, test) n ON rt.id = n.id"""
+LAST_SUCCESS = """
+SELECT rt.system, rt.test, rt.started_at, rt.rto_seconds, rt.rpo_seconds FROM restore_tests rt
+JOIN (SELECT MAX(id) AS id FROM restore_tests WHERE status = 'passed' GROUP BY system, test) n
+ON rt.id = n.id"""
+LATEST_PROBES = """
+SELECT pr.id, pr.probe, pr.action, pr.status, pr.finished_at, pr.duration_seconds FROM probe_runs pr
+JOIN (SELECT MAX(id) AS id FROM probe_runs GROUP BY probe, action) n ON pr.id = n.id"""
+UNPROTECTED = """
+SELECT f.probe, COUNT(*) FROM findings f
+JOIN (SELECT MAX(id) AS id FROM probe_runs WHERE action = 'snapshots' GROUP BY probe) n
+ON f.probe_run_id = n.id WHERE f.code = 'no_restore_point' GROUP BY f.probe"""
+
+
+def _epoch(text: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(text).timestamp()
+
+
+def _gauge(name: str, doc: str, labels: list[str]) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, labels=labels)
+
+
+class StoreCollector(Collector):
+    """Yields drcheck's metrics from the database at `db_path`. `config` returns the current
+    configuration (it changes on SIGHUP), for the targets of systems never tested yet."""
+
+    def __init__(self, db_path: Path, config: Callable[[], LoadedConfig]):
+        self.db_path = db_path
+        self.config = config
+
+    def collect(self) -> Iterator[Metric]:
+        loaded = self.config()
+        conn = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=10)
+        try:
+            yield from self._collect(conn, loaded)
+        finally:
+            conn.close()
+
+    def _collect(self, conn: sqlite3.Connection, loaded: LoadedConfig) -> Iterator[Metric]:
+        info = _gauge("drcheck_info", "drcheck agent; value is always 1", ["agent", "version"])
+        info.add_metric([loaded.config.agent.name, __version__], 1)
+        yield info
+
+        rpo_target = _gauge("drcheck_system_rpo_target_seconds", "RPO target of a system (runbook)", ["system"])
+        rto_target = _gauge("drcheck_system_rto_target_seconds", "RTO target of a system (runbook)", ["system"])
+        tier = _gauge("drcheck_system_tier", "criticality tier of a system (1 = most critical)", ["system"])
+        for system, rb in loaded.runbooks.items():
+            rpo_target.add_metric([system], rb.rpo.total_seconds())
+            rto_target.add_metric([system], rb.rto.total_seconds())
+            tier.add_metric([system], rb.tier)
+        yield from (rpo_target, rto_target, tier)
+
+        newest = _gauge("drcheck_restore_point_newest_timestamp_seconds",
+                        "time of the newest restore point of a system in a copy", ["system", "copy"])
+        count = _gauge("drcheck_restore_point_count", "restore points of a system in a copy", ["system", "copy"])
+        for system, copy, point_time, point_count in conn.execute(LATEST_POINTS):
+            newest.add_metric([system, copy], _epoch(point_time))
+            if point_count is not None:
+                count.add_metric([system, copy], point_count)
+        yield from (newest, count)
+
+        yield from self._tests(conn)
+        yield from self._probes(conn)
+
+    def _tests(self, conn: sqlite3.Connection) -> Iterator[Metric]:
+        labels = ["system", "test"]
+        last_run = _gauge("drcheck_restore_test_last_run_timestamp_seconds", "start of the latest restore test", labels)
+        passed = _gauge("drcheck_restore_test_last_passed", "1 when the latest restore test passed, else 0", labels)
+        restore = _gauge("drcheck_restore_test_restore_seconds", "restore part of the latest restore test", labels)
+        verify = _gauge("drcheck_restore_test_verify_seconds", "verify part of the latest restore test", labels)
+        rto_t = _gauge("drcheck_restore_test_rto_target_seconds", "RTO target applied to the test", labels)
+        rpo_t = _gauge("drcheck_restore_test_rpo_target_seconds", "RPO target applied to the test", labels)
+        for system, test, started, status, rs, vs, rto_target, rpo_target in conn.execute(LATEST_TESTS):
+            key = [system, test]
+            last_run.add_metric(key, _epoch(started))
+            passed.add_metric(key, 1 if status == "passed" else 0)
+            if rs is not None:
+                restore.add_metric(key, rs)
+            if vs is not None:
+                verify.add_metric(key, vs)
+            if rto_target is not None:
+                rto_t.add_metric(key, rto_target)
+            if rpo_target is not None:
+                rpo_t.add_metric(key, rpo_target)
+        success = _gauge("drcheck_restore_test_last_success_timestamp_seconds",
+                         "start of the latest restore test that passed", labels)
+        rto = _gauge("drcheck_restore_test_rto_seconds", "measured RTO of the latest passed restore test", labels)
+        rpo = _gauge("drcheck_restore_test_rpo_seconds", "achieved RPO of the latest passed restore test", labels)
+        for system, test, started, rto_s, rpo_s in conn.execute(LAST_SUCCESS):
+            key = [system, test]
+            success.add_metric(key, _epoch(started))
+            if rto_s is not None:
+                rto.add_metric(key, rto_s)
+            if rpo_s is not None:
+                rpo.add_metric(key, rpo_s)
+        yield from (last_run, passed, restore, verify, rto_t, rpo_t, success, rto, rpo)
+
+    def _probes(self, conn: sqlite3.Connection) -> Iterator[Metric]:
+        labels = ["probe", "action"]
+        up = _gauge("drcheck_probe_up", "1 when the latest probe run could reach and read its source", labels)
+        ok = _gauge("drcheck_probe_success", "1 when the latest probe run found nothing wrong", labels)
+        duration = _gauge("drcheck_probe_duration_seconds", "duration of the latest probe run", labels)
+        last = _gauge("drcheck_probe_last_run_timestamp_seconds", "end of the latest probe run", labels)
+        for _id, probe, action, status, finished, seconds in conn.execute(LATEST_PROBES):
+            key = [probe, action]
+            up.add_metric(key, 0 if status == "error" else 1)
+            ok.add_metric(key, 1 if status == "ok" else 0)
+            duration.add_metric(key, seconds or 0)
+            last.add_metric(key, _epoch(finished))
+        unprotected = _gauge("drcheck_unprotected_assets",
+                             "configured systems or assets with no restore point", ["source"])
+        for probe, n in conn.execute(UNPROTECTED):
+            unprotected.add_metric([probe], n)
+        leases = _gauge("drcheck_sandbox_leases_open", "sandboxes currently in use or left behind", [])
+        leases.add_metric([], conn.execute("SELECT COUNT(*) FROM sandbox_leases WHERE released_at IS NULL").fetchone()[0])
+        yield from (up, ok, duration, last, unprotected, leases)
+
+
+def registry_for(loaded: LoadedConfig | Callable[[], LoadedConfig]) -> CollectorRegistry:
+    """Return a registry holding only drcheck's store collector."""
+    provider = loaded if callable(loaded) else (lambda: loaded)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StoreCollector(provider().database_path, provider))
+    return registry
+
+
+def write_textfile(loaded: LoadedConfig, store: Store, path: Path) -> Path:
+    """Write the current metrics in the text exposition format (node_exporter textfile)."""
+    del store  # the collector opens its own read-only connection; the store ensures the schema
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_to_textfile(str(path), registry_for(loaded))
+    return path

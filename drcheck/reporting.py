@@ -1,0 +1,95 @@
+"""Render reports from the store with Jinja2.
+
+The weekly restore report is for the network administrator: what was tested in the last
+seven days, what failed (first), and each system's measured RTO/RPO against its targets.
+Templates ship in the `drcheck.reports` package; `reports.templates_dir` overrides them.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from datetime import datetime, timedelta
+from importlib import resources
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import jinja2
+
+from drcheck import __version__
+from drcheck.config_loader import LoadedConfig
+from drcheck.durations import format_duration
+from drcheck.status import system_statuses, test_run
+from drcheck.store import Store, parse_ts
+
+STATUS_ORDER = {"error": 0, "failed": 1, "passed": 2, "ok": 2}
+
+
+def environment(loaded: LoadedConfig) -> jinja2.Environment:
+    """Return the Jinja2 environment: the operator's templates first, then the shipped ones."""
+    loaders: list[jinja2.BaseLoader] = []
+    if loaded.config.reports.templates_dir:
+        loaders.append(jinja2.FileSystemLoader(str(loaded.config.reports.templates_dir)))
+    loaders.append(jinja2.FileSystemLoader(str(resources.files("drcheck.reports"))))
+    env = jinja2.Environment(loader=jinja2.ChoiceLoader(loaders), autoescape=True,
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    zone = ZoneInfo(loaded.config.agent.timezone)
+
+    def local(when: datetime | str | None, fmt: str = "%a %Y-%m-%d %H:%M %Z") -> str:
+        if isinstance(when, str):
+            when = parse_ts(when)
+        return when.astimezone(zone).strftime(fmt) if when else "—"
+
+    env.filters["local"] = local
+    env.filters["duration"] = format_duration
+    env.filters["bytes"] = _bytes
+    return env
+
+
+def _bytes(n: int | None) -> str:
+    if n is None:
+        return "—"
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return str(n)
+
+
+def weekly_context(loaded: LoadedConfig, store: Store, now: datetime) -> dict:
+    """Return everything the weekly template shows, computed from the store."""
+    start = now - timedelta(days=7)
+    rows = store.restore_tests_between(start, now + timedelta(seconds=1))
+    checks = store.checks_for([r["id"] for r in rows])
+    runs = []
+    for row in rows:
+        run = test_run(row)
+        runs.append({"run": run, "row": row, "checks": checks.get(row["id"], [])})
+    runs.sort(key=lambda r: (STATUS_ORDER.get(r["run"].status, 0), -r["run"].started_at.timestamp()))
+    statuses = system_statuses(loaded, store, now)
+    counts = {s: sum(1 for r in runs if r["run"].status == s) for s in ("passed", "failed", "error")}
+    return {
+        "agent": loaded.config.agent.name, "version": __version__, "generated_at": now,
+        "period_start": start, "period_end": now, "systems": statuses,
+        "attention": [s for s in statuses if not s.ok], "runs": runs, "counts": counts,
+        "probes": store.latest_probe_runs(), "findings": store.findings_of_latest_runs(),
+        "timezone": loaded.config.agent.timezone, "database": str(loaded.database_path),
+    }
+
+
+def render_weekly(loaded: LoadedConfig, store: Store, output_dir: Path, now: datetime) -> Path:
+    """Render the weekly report to output_dir/weekly-<ISO week>.html; return its path."""
+    html = environment(loaded).get_template("weekly.html.j2").render(**weekly_context(loaded, store, now))
+    year, week, _ = now.astimezone(ZoneInfo(loaded.config.agent.timezone)).isocalendar()
+    return write_atomically(Path(output_dir) / f"weekly-{year}-W{week:02d}.html", html)
+
+
+def write_atomically(path: Path, text: str) -> Path:
+    """Write text so readers never see a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+    return path

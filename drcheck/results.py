@@ -1,0 +1,152 @@
+"""Result dataclasses: what probes and restore tests return, and what the store records.
+
+Probes and restore tests never talk to metrics or reports; they return these. Every
+timestamp is timezone-aware UTC.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+
+def utcnow() -> datetime:
+    """Return the current time as a timezone-aware UTC datetime."""
+    return datetime.now(timezone.utc)
+
+
+class Status(str, enum.Enum):
+    """Outcome of a probe, restore test or check.
+
+    ok/passed: everything verified. failed: the thing under test is wrong (stale backup,
+    checksum mismatch, failed repository check). error: drcheck could not find out
+    (unreachable, wrong password, timeout); an error is never counted as a pass.
+    """
+
+    OK = "ok"
+    PASSED = "passed"
+    FAILED = "failed"
+    ERROR = "error"
+
+    @property
+    def good(self) -> bool:
+        return self in (Status.OK, Status.PASSED)
+
+
+class Severity(str, enum.Enum):
+    INFO = "info"
+    WARNING = "warning"
+    CRITICAL = "critical"
+
+
+@dataclass(frozen=True)
+class RestorePoint:
+    """One restorable point in time of one system in one copy."""
+
+    system: str
+    copy: str
+    point_time: datetime
+    point_id: str
+    size_bytes: int | None = None
+    status: str = "ok"
+    host: str | None = None
+    paths: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SnapshotFile:
+    """A regular file as a restore point recorded it (absolute path, size, mtime)."""
+
+    path: str
+    size: int
+    mtime: datetime | None
+
+
+@dataclass(frozen=True)
+class Finding:
+    """Something a probe noticed: stale backups, unmapped snapshots, unprotected assets."""
+
+    severity: Severity
+    code: str
+    message: str
+    system: str | None = None
+
+
+@dataclass(frozen=True)
+class InventoryAsset:
+    """An asset a source knows about (a VM in vCenter); protected or not."""
+
+    source: str
+    asset_id: str
+    name: str
+    protected: bool
+    system: str | None = None
+
+
+@dataclass
+class ProbeResult:
+    """What one probe run found. `newest` holds the newest point per system in this copy;
+    `point_counts` how many points each system has."""
+
+    probe: str
+    kind: str
+    action: str
+    status: Status
+    started_at: datetime
+    finished_at: datetime
+    reason: str = ""
+    copy: str | None = None
+    newest: list[RestorePoint] = field(default_factory=list)
+    point_counts: dict[str, int] = field(default_factory=dict)
+    findings: list[Finding] = field(default_factory=list)
+    assets: list[InventoryAsset] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def duration_seconds(self) -> float:
+        return (self.finished_at - self.started_at).total_seconds()
+
+
+@dataclass
+class CheckResult:
+    """One verification of a restored thing: passed or failed, with evidence."""
+
+    name: str
+    status: Status
+    evidence: str
+    duration_seconds: float
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RestoreTestResult:
+    """One restore test: the point restored, the checks, and the measured times.
+
+    rto_seconds = restore start -> last check passed (only set when every check passed);
+    rpo_seconds = test start - restore point time (or newest canary time, see rpo_source).
+    """
+
+    test: str
+    kind: str
+    system: str
+    status: Status
+    started_at: datetime
+    finished_at: datetime
+    reason: str = ""
+    probe: str | None = None
+    copy: str | None = None
+    point_id: str | None = None
+    point_time: datetime | None = None
+    restore_seconds: float | None = None
+    verify_seconds: float | None = None
+    rto_seconds: float | None = None
+    rpo_seconds: float | None = None
+    rpo_source: str | None = None
+    rto_target_seconds: float | None = None
+    rpo_target_seconds: float | None = None
+    files_restored: int | None = None
+    bytes_restored: int | None = None
+    sandbox: str | None = None
+    checks: list[CheckResult] = field(default_factory=list)

@@ -1,0 +1,115 @@
+"""Sandboxes: the only places a restore may write.
+
+A sandbox is a fresh directory under `agent.sandbox_root`. Its lease is committed to the
+store *before* the directory exists, and released after it is removed, so leftovers of a
+run that crashed (or was SIGKILLed) are found and removed at the next start.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import shutil
+import stat
+import sys
+from contextlib import contextmanager
+from pathlib import Path, PurePosixPath
+from typing import Iterator
+
+from drcheck.results import utcnow
+from drcheck.store import Store
+
+log = logging.getLogger(__name__)
+
+
+class SandboxRefused(RuntimeError):
+    """A write or read would leave the sandbox; nothing was done."""
+
+
+def is_inside(path: Path, root: Path) -> bool:
+    """True when `path`, with symlinks resolved, is `root` or below it."""
+    resolved, base = Path(path).resolve(), Path(root).resolve()
+    return resolved == base or base in resolved.parents
+
+
+def contained(sandbox: Path, snapshot_path: str | os.PathLike) -> Path:
+    """Return where a snapshot's absolute path lives inside the sandbox. Raise
+    SandboxRefused when the path, or a symlink on the way, leads outside."""
+    parts = PurePosixPath(snapshot_path).parts
+    if ".." in parts:
+        raise SandboxRefused(f"path {str(snapshot_path)!r} would escape the sandbox")
+    candidate = sandbox.joinpath(*[p for p in parts if p != "/"])
+    if not is_inside(candidate, sandbox):
+        raise SandboxRefused(f"{snapshot_path} resolves outside the sandbox (symlink to {candidate.resolve()})")
+    return candidate
+
+
+def check_entry(path: str) -> None:
+    """Refuse a snapshot entry name that could be written outside the restore target."""
+    parts = PurePosixPath(path).parts
+    if ".." in parts or "\x00" in path or not path.startswith("/"):
+        raise SandboxRefused(f"archive entry {path!r} would escape the sandbox; restore refused")
+
+
+@contextmanager
+def sandbox(store: Store, root: Path, test: str, target_dir: Path | None = None) -> Iterator[Path]:
+    """Create a sandbox for `test` under `root`, yield it, and always remove it.
+
+    Raise SandboxRefused, before anything is created, when `target_dir` is outside `root`
+    (symlinks resolved) or already holds data.
+    """
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    stamp = utcnow().strftime("%Y%m%dT%H%M%SZ")
+    path = target_dir or root / f"{test}-{stamp}-{secrets.token_hex(3)}"
+    if not is_inside(path, root) or Path(path).resolve() == root.resolve():
+        raise SandboxRefused(f"restore target {path} is outside the sandbox root {root}; refused")
+    if path.exists() and (path.is_symlink() or any(path.iterdir())):
+        raise SandboxRefused(f"restore target {path} is not empty; refusing to restore over data")
+    lease = store.take_lease(test, path)
+    try:
+        path.mkdir(mode=0o700, exist_ok=target_dir is not None)
+        yield path
+    finally:
+        remove_tree(path, root)
+        store.release_lease(lease)
+
+
+def remove_tree(path: Path, root: Path) -> None:
+    """Remove a sandbox tree (read-only restored directories included), only inside root."""
+    if not os.path.lexists(path):
+        return
+    if not is_inside(path.parent, root):
+        raise SandboxRefused(f"refusing to remove {path}: not inside {root}")
+
+    def make_writable(func, failed, _exc):
+        parent = os.path.dirname(failed)
+        os.chmod(parent, stat.S_IRWXU)
+        if os.path.isdir(failed) and not os.path.islink(failed):
+            os.chmod(failed, stat.S_IRWXU)
+        func(failed)
+
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    else:
+        # Python 3.12 renamed the hook; both receive (function, path, error).
+        hook = "onexc" if sys.version_info >= (3, 12) else "onerror"
+        shutil.rmtree(path, **{hook: make_writable})
+
+
+def reap(store: Store, root: Path) -> list[dict]:
+    """Remove the sandboxes of leases whose process is gone; return those leases."""
+    reaped = []
+    for lease in store.orphaned_leases():
+        path = Path(lease["path"])
+        try:
+            remove_tree(path, root)
+            note = "reaped: owner process was gone"
+        except (OSError, SandboxRefused) as exc:
+            note = f"reap failed: {exc}"
+            log.error("cannot remove leftover sandbox %s: %s", path, exc)
+            continue
+        store.release_lease(lease["id"], note)
+        log.warning("removed leftover sandbox %s of %s (owner pid %s gone)", path, lease["test"], lease["pid"])
+        reaped.append(lease)
+    return reaped

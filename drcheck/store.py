@@ -1,0 +1,297 @@
+"""The SQLite store: every probe run, restore test and check, append-only.
+
+Everything the outside sees (metrics, status, reports) is computed from these rows, so a
+restart loses nothing and every number can be traced to a row. Results are only ever
+inserted; the one mutable table is `sandbox_leases`, operational state that records a
+sandbox before it is created so a crashed run's leftovers can be reaped.
+
+Timestamps are stored as UTC ISO-8601 text (sortable) and returned as aware datetimes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable
+
+import sqlite_utils
+from sqlite_utils.migrations import Migrations
+
+from drcheck.results import ProbeResult, RestoreTestResult, utcnow
+
+log = logging.getLogger(__name__)
+migrations = Migrations("drcheck")
+
+
+def ts(value: datetime | None) -> str | None:
+    """Return a UTC ISO-8601 string for an aware datetime (None stays None)."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        raise ValueError("naive datetime given to the store; use timezone-aware UTC")
+    return value.astimezone(timezone.utc).isoformat(timespec="microseconds")
+
+
+def parse_ts(value: str | None) -> datetime | None:
+    """Return an aware UTC datetime from a stored timestamp."""
+    return datetime.fromisoformat(value) if value else None
+
+
+@migrations()
+def m001_initial(db: sqlite_utils.Database) -> None:
+    db["probe_runs"].create(
+        {
+            "id": int, "probe": str, "kind": str, "action": str, "copy": str,
+            "status": str, "reason": str, "started_at": str, "finished_at": str,
+            "duration_seconds": float, "details": str, "agent": str,
+        },
+        pk="id", not_null={"probe", "kind", "action", "status", "started_at", "finished_at"},
+    )
+    db["probe_runs"].create_index(["probe", "action", "id"])
+    db["restore_points"].create(
+        {
+            "id": int, "probe_run_id": int, "probe": str, "system": str, "copy": str,
+            "point_time": str, "point_id": str, "size_bytes": int, "status": str,
+            "host": str, "paths": str, "point_count": int, "recorded_at": str,
+        },
+        pk="id", foreign_keys=[("probe_run_id", "probe_runs", "id")],
+        not_null={"system", "copy", "point_time", "point_id"},
+    )
+    db["restore_points"].create_index(["system", "copy", "id"])
+    db["findings"].create(
+        {
+            "id": int, "probe_run_id": int, "probe": str, "severity": str, "code": str,
+            "system": str, "message": str, "recorded_at": str,
+        },
+        pk="id", foreign_keys=[("probe_run_id", "probe_runs", "id")],
+    )
+    db["findings"].create_index(["probe_run_id"])
+    db["restore_tests"].create(
+        {
+            "id": int, "test": str, "kind": str, "system": str, "probe": str, "copy": str,
+            "status": str, "reason": str, "started_at": str, "finished_at": str,
+            "point_id": str, "point_time": str, "restore_seconds": float,
+            "verify_seconds": float, "rto_seconds": float, "rpo_seconds": float,
+            "rpo_source": str, "rto_target_seconds": float, "rpo_target_seconds": float,
+            "files_restored": int, "bytes_restored": int, "sandbox": str, "agent": str,
+        },
+        pk="id", not_null={"test", "kind", "system", "status", "started_at", "finished_at"},
+    )
+    db["restore_tests"].create_index(["system", "test", "id"])
+    db["restore_tests"].create_index(["started_at"])
+    db["check_results"].create(
+        {
+            "id": int, "restore_test_id": int, "name": str, "status": str,
+            "evidence": str, "duration_seconds": float, "details": str,
+        },
+        pk="id", foreign_keys=[("restore_test_id", "restore_tests", "id")],
+    )
+    db["check_results"].create_index(["restore_test_id"])
+    db["canaries"].create(
+        {"id": int, "test": str, "system": str, "path": str, "token": str, "written_at": str},
+        pk="id",
+    )
+    db["canaries"].create_index(["token"], unique=True)
+    db["sandbox_leases"].create(
+        {
+            "id": int, "test": str, "path": str, "pid": int, "pid_started": str,
+            "host": str, "created_at": str, "released_at": str, "release_note": str,
+        },
+        pk="id",
+    )
+    db["sandbox_leases"].create_index(["released_at"])
+
+
+class Store:
+    """Append-only access to the drcheck database at `path` (created and migrated on open)."""
+
+    def __init__(self, path: str | os.PathLike, agent: str = "drcheck"):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.agent = agent
+        self.db = sqlite_utils.Database(self.path)
+        self.db.conn.execute("PRAGMA busy_timeout = 30000")
+        self.db.enable_wal()
+        self.db.conn.execute("PRAGMA foreign_keys = ON")
+        self.db.conn.execute("PRAGMA synchronous = NORMAL")
+        migrations.apply(self.db)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- writes -----------------------------------------------------------------------
+
+    def record_probe(self, result: ProbeResult) -> int:
+        """Insert a probe run with its restore points and findings in one transaction;
+        return the probe run id."""
+        now = ts(utcnow())
+        with self.db.atomic():
+            run_id = self.db["probe_runs"].insert(
+                {
+                    "probe": result.probe, "kind": result.kind, "action": result.action,
+                    "copy": result.copy, "status": result.status.value, "reason": result.reason,
+                    "started_at": ts(result.started_at), "finished_at": ts(result.finished_at),
+                    "duration_seconds": result.duration_seconds,
+                    "details": json.dumps(result.details, default=str), "agent": self.agent,
+                }
+            ).last_pk
+            self.db["restore_points"].insert_all(
+                {
+                    "probe_run_id": run_id, "probe": result.probe, "system": p.system,
+                    "copy": p.copy, "point_time": ts(p.point_time), "point_id": p.point_id,
+                    "size_bytes": p.size_bytes, "status": p.status, "host": p.host,
+                    "paths": json.dumps(list(p.paths)),
+                    "point_count": result.point_counts.get(p.system), "recorded_at": now,
+                }
+                for p in result.newest
+            )
+            self.db["findings"].insert_all(
+                {
+                    "probe_run_id": run_id, "probe": result.probe, "severity": f.severity.value,
+                    "code": f.code, "system": f.system, "message": f.message, "recorded_at": now,
+                }
+                for f in result.findings
+            )
+        return run_id
+
+    def record_restore_test(self, result: RestoreTestResult) -> int:
+        """Insert a restore test with its check results in one transaction; return its id."""
+        row = asdict(result)
+        checks = row.pop("checks")
+        for key in ("started_at", "finished_at", "point_time"):
+            row[key] = ts(getattr(result, key))
+        row["status"] = result.status.value
+        row["agent"] = self.agent
+        with self.db.atomic():
+            test_id = self.db["restore_tests"].insert(row).last_pk
+            self.db["check_results"].insert_all(
+                {
+                    "restore_test_id": test_id, "name": c["name"], "status": c["status"].value,
+                    "evidence": c["evidence"], "duration_seconds": c["duration_seconds"],
+                    "details": json.dumps(c["details"], default=str),
+                }
+                for c in checks
+            )
+        return test_id
+
+    def record_canary(self, test: str, system: str, path: str, token: str, written_at: datetime) -> None:
+        self.db["canaries"].insert(
+            {"test": test, "system": system, "path": path, "token": token, "written_at": ts(written_at)}
+        )
+
+    def canary_planted_at(self, token: str) -> datetime | None:
+        """Return when drcheck planted the canary with this token, or None if it never did."""
+        row = self.db.execute("SELECT written_at FROM canaries WHERE token = ?", [token]).fetchone()
+        return parse_ts(row[0]) if row else None
+
+    # -- sandbox leases -----------------------------------------------------------------
+
+    def take_lease(self, test: str, path: Path) -> int:
+        """Record that `test` is about to create `path`; return the lease id. Committed
+        before the sandbox exists, so a crash leaves a lease that names the leftovers."""
+        pid = os.getpid()
+        return self.db["sandbox_leases"].insert(
+            {
+                "test": test, "path": str(path), "pid": pid, "pid_started": process_start(pid),
+                "host": socket.gethostname(), "created_at": ts(utcnow()),
+            }
+        ).last_pk
+
+    def release_lease(self, lease_id: int, note: str = "cleaned up") -> None:
+        self.db["sandbox_leases"].update(lease_id, {"released_at": ts(utcnow()), "release_note": note})
+
+    def orphaned_leases(self) -> list[dict[str, Any]]:
+        """Return open leases whose owning process on this host is gone."""
+        host = socket.gethostname()
+        rows = self.db.execute_returning_dicts(
+            "SELECT * FROM sandbox_leases WHERE released_at IS NULL ORDER BY id"
+        )
+        return [
+            r for r in rows
+            if r["host"] == host and process_start(r["pid"]) != r["pid_started"]
+        ]
+
+    # -- reads ------------------------------------------------------------------------
+
+    def query(self, sql: str, params: Iterable[Any] = ()) -> list[dict[str, Any]]:
+        return self.db.execute_returning_dicts(sql, list(params))
+
+    def latest_restore_points(self) -> list[dict[str, Any]]:
+        """Newest restore point per (system, copy) as last reported by a probe."""
+        return self.query(
+            """SELECT rp.* FROM restore_points rp
+               JOIN (SELECT MAX(id) AS id FROM restore_points GROUP BY system, copy) newest
+               ON rp.id = newest.id ORDER BY rp.system, rp.copy"""
+        )
+
+    def latest_probe_runs(self) -> list[dict[str, Any]]:
+        """Latest run per (probe, action)."""
+        return self.query(
+            """SELECT pr.* FROM probe_runs pr
+               JOIN (SELECT MAX(id) AS id FROM probe_runs GROUP BY probe, action) latest
+               ON pr.id = latest.id ORDER BY pr.probe, pr.action"""
+        )
+
+    def latest_restore_tests(self) -> list[dict[str, Any]]:
+        """Latest run per (system, test)."""
+        return self.query(
+            """SELECT rt.* FROM restore_tests rt
+               JOIN (SELECT MAX(id) AS id FROM restore_tests GROUP BY system, test) latest
+               ON rt.id = latest.id ORDER BY rt.system, rt.test"""
+        )
+
+    def last_successful_tests(self) -> list[dict[str, Any]]:
+        """Latest passed run per (system, test)."""
+        return self.query(
+            """SELECT rt.* FROM restore_tests rt
+               JOIN (SELECT MAX(id) AS id FROM restore_tests WHERE status = 'passed'
+                     GROUP BY system, test) latest
+               ON rt.id = latest.id"""
+        )
+
+    def restore_tests_between(self, start: datetime, end: datetime) -> list[dict[str, Any]]:
+        return self.query(
+            "SELECT * FROM restore_tests WHERE started_at >= ? AND started_at < ? ORDER BY started_at",
+            [ts(start), ts(end)],
+        )
+
+    def checks_for(self, test_ids: list[int]) -> dict[int, list[dict[str, Any]]]:
+        """Return check results grouped by restore test id."""
+        grouped: dict[int, list[dict[str, Any]]] = {i: [] for i in test_ids}
+        for start in range(0, len(test_ids), 500):
+            chunk = test_ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for row in self.query(
+                f"SELECT * FROM check_results WHERE restore_test_id IN ({marks}) ORDER BY id", chunk
+            ):
+                grouped[row["restore_test_id"]].append(row)
+        return grouped
+
+    def findings_of_latest_runs(self) -> list[dict[str, Any]]:
+        return self.query(
+            """SELECT f.* FROM findings f
+               JOIN (SELECT MAX(id) AS id FROM probe_runs GROUP BY probe, action) latest
+               ON f.probe_run_id = latest.id ORDER BY f.severity, f.system"""
+        )
+
+
+def process_start(pid: int) -> str | None:
+    """Return an identifier of when process `pid` started (None if it does not exist), so
+    a recycled pid is not mistaken for the lease's owner."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            stat = handle.read()
+    except OSError:
+        return None
+    return stat.rsplit(b")", 1)[1].split()[19].decode()

@@ -1,0 +1,1 @@
+"""Jinja2 templates of drcheck's reports (package data; see drcheck.reporting)."""

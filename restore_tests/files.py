@@ -1,0 +1,160 @@
+"""File restore test: restore a system's newest restore point into a sandbox directory,
+verify it (expected paths, canary freshness, spot check against the live source,
+application commands), measure RTO and achieved RPO, and always remove the sandbox.
+
+RTO = restore start -> last check passed (restore and verify recorded separately).
+Achieved RPO = test start - newest canary found in the restore, or - the restore point's
+time when no canary is configured.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path, PurePosixPath
+
+from drcheck.clients.process import CommandTimeout
+from drcheck.clients.restic import ResticError
+from drcheck.config import FilesRestoreTest
+from drcheck.context import RunContext
+from drcheck.durations import format_duration
+from drcheck.probes import module_for
+from drcheck.results import RestoreTestResult, Status
+from drcheck.sandbox import SandboxRefused, sandbox
+from drcheck.secrets import SecretUnavailable
+from drcheck.restore_tests import checks
+
+log = logging.getLogger(__name__)
+
+# What a restore can fail with that is the backup's or the environment's fault, not ours.
+EXPECTED_FAILURES = (ResticError, SecretUnavailable, SandboxRefused, CommandTimeout, OSError)
+
+
+def source_path(ctx: RunContext, target: FilesRestoreTest, path: Path) -> str:
+    """Map a configured path to the snapshot's absolute path: relative paths are under the
+    system's (single) source path."""
+    if path.is_absolute():
+        return str(PurePosixPath(path))
+    (base,) = ctx.loaded.system_source_paths(target.probe, target.system)
+    return str(PurePosixPath(base) / path)
+
+
+def run(target: FilesRestoreTest, ctx: RunContext) -> RestoreTestResult:
+    """Run the test; return its result (failed/error results carry the reason)."""
+    runbook = ctx.loaded.runbooks[target.system]
+    probe_cfg = ctx.loaded.config.probes[target.probe]
+    started = ctx.now()
+    result = RestoreTestResult(
+        test=ctx.name, kind="files", system=target.system, status=Status.ERROR,
+        started_at=started, finished_at=started, probe=target.probe, copy=probe_cfg.copy,
+        rto_target_seconds=runbook.rto.total_seconds(), rpo_target_seconds=runbook.rpo.total_seconds(),
+    )
+    try:
+        _restore_and_verify(target, ctx, probe_cfg, result)
+    except EXPECTED_FAILURES as exc:
+        result.status = Status.ERROR
+        result.reason = str(exc) if not isinstance(exc, OSError) else f"{exc.strerror}: {exc.filename}"
+        log.warning("%s: %s", ctx.name, result.reason)
+    result.finished_at = ctx.now()
+    return result
+
+
+def _restore_and_verify(target, ctx: RunContext, probe_cfg, result: RestoreTestResult) -> None:
+    source = module_for(probe_cfg.kind).file_source(probe_cfg)
+    ctx.progress("finding the newest restore point")
+    point = source.newest(target.system)
+    if point is None:
+        result.status, result.reason = Status.FAILED, f"no restore point of {target.system} in {probe_cfg.copy}"
+        return
+    result.point_id, result.point_time = point.id, point.time
+    include = [str(p) for p in ctx.loaded.system_source_paths(target.probe, target.system)]
+    ctx.progress("listing the restore point")
+    files = source.files(point, include)
+    result.files_restored = len(files)
+    result.bytes_restored = sum(f.size for f in files)
+    timeout = (target.timeout or ctx.loaded.config.agent.job_timeout).total_seconds()
+    agent = ctx.loaded.config.agent
+
+    with sandbox(ctx.store, agent.sandbox_root, ctx.name, target.target_dir) as dest:
+        result.sandbox = str(dest)
+        t0 = time.perf_counter()
+        with _watch_progress(ctx, dest, result.bytes_restored):
+            source.restore(point, dest, include, timeout)
+        result.restore_seconds = time.perf_counter() - t0
+        ctx.progress("verifying")
+        verdicts = _verify(target, ctx, dest, files, result)
+        result.verify_seconds = time.perf_counter() - t0 - result.restore_seconds
+    _judge(result, verdicts)
+
+
+def _verify(target: FilesRestoreTest, ctx: RunContext, dest: Path, files, result: RestoreTestResult):
+    runbook = ctx.loaded.runbooks[target.system]
+    include = ctx.loaded.system_source_paths(target.probe, target.system)
+    data_root = dest.joinpath(*PurePosixPath(include[0]).parts[1:]) if len(include) == 1 else dest
+    result.rpo_seconds = (result.started_at - result.point_time).total_seconds()
+    result.rpo_source = "restore_point"
+    if target.expected_paths:
+        result.checks.append(checks.expected_paths(dest, [source_path(ctx, target, p) for p in target.expected_paths]))
+    if target.canary is not None:
+        max_age = target.canary.max_age or runbook.rpo
+        check, canary_time = checks.canary(dest, source_path(ctx, target, target.canary.path),
+                                           ctx.store, result.started_at, max_age)
+        result.checks.append(check)
+        if canary_time is not None:
+            result.rpo_seconds = (result.started_at - canary_time).total_seconds()
+            result.rpo_source = "canary"
+    if target.spot_check is not None and (target.spot_check.files or target.spot_check.percent):
+        result.checks.append(checks.spot_check(dest, files, target.spot_check))
+    for command in target.commands:
+        result.checks.append(checks.command(dest, data_root, command))
+    return result.checks
+
+
+def _judge(result: RestoreTestResult, verdicts) -> None:
+    failed = [c for c in verdicts if not c.status.good]
+    reasons = [f"{c.name}: {c.evidence}" for c in failed]
+    if not failed:
+        result.rto_seconds = (result.restore_seconds or 0) + (result.verify_seconds or 0)
+        if result.rto_target_seconds is not None and result.rto_seconds > result.rto_target_seconds:
+            reasons.append(f"measured RTO {format_duration(result.rto_seconds)} exceeds target "
+                           f"{format_duration(result.rto_target_seconds)}")
+    if result.rpo_seconds is not None and result.rpo_target_seconds is not None \
+            and result.rpo_seconds > result.rpo_target_seconds:
+        reasons.append(f"achieved RPO {format_duration(result.rpo_seconds)} ({result.rpo_source}) exceeds "
+                       f"target {format_duration(result.rpo_target_seconds)}")
+    result.status = Status.FAILED if reasons else Status.PASSED
+    result.reason = "; ".join(reasons)
+
+
+class _watch_progress:
+    """While restoring, report bytes written into the sandbox (only when someone watches)."""
+
+    def __init__(self, ctx: RunContext, dest: Path, total: int):
+        self.ctx, self.dest, self.total = ctx, dest, total
+        self.stop = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def __enter__(self):
+        self.ctx.progress("restoring", 0, self.total)
+        if getattr(self.ctx.progress, "watching", False):
+            self.thread = threading.Thread(target=self._poll, daemon=True)
+            self.thread.start()
+        return self
+
+    def _poll(self) -> None:
+        while not self.stop.wait(0.5):
+            done = 0
+            for path in self.dest.rglob("*"):
+                try:
+                    if path.is_file() and not path.is_symlink():
+                        done += path.stat().st_size
+                except OSError:
+                    pass
+            self.ctx.progress("restoring", done, self.total)
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        if self.thread:
+            self.thread.join()
+        self.ctx.progress("restoring", self.total, self.total)
