@@ -98,13 +98,16 @@ def config_schema(runbook: bool) -> None:
 @click.argument("name")
 @click.option("--check", "action", flag_value="check", help="run the repository integrity check instead")
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
+@click.option("--timeout", type=float, metavar="SECONDS", help="give up (and record an error) after this long")
 @pass_state
-def probe(state: State, name: str, action: str | None, as_json: bool) -> None:
+def probe(state: State, name: str, action: str | None, as_json: bool, timeout: float | None) -> None:
     """Run probe NAME once: list restore points (or --check the repository)."""
-    from drcheck.engine import run_probe
+    from drcheck.engine import arm_timeout, raise_on_sigterm, run_probe
 
     loaded = state.loaded()
     _require(name, loaded.config.probes, "probe")
+    raise_on_sigterm()
+    arm_timeout(timeout)
     with state.store() as store, err.status(f"probing {name}…"):
         result = run_probe(loaded, store, name, action or "snapshots")
     if as_json:
@@ -127,14 +130,16 @@ def probe(state: State, name: str, action: str | None, as_json: bool) -> None:
 @cli.command("restore-test")
 @click.argument("name")
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
+@click.option("--timeout", type=float, metavar="SECONDS", help="give up (and record an error) after this long")
 @pass_state
-def restore_test(state: State, name: str, as_json: bool) -> None:
+def restore_test(state: State, name: str, as_json: bool, timeout: float | None) -> None:
     """Run restore test NAME once: restore, verify, measure, clean up."""
-    from drcheck.engine import raise_on_sigterm, run_restore_test
+    from drcheck.engine import arm_timeout, raise_on_sigterm, run_restore_test
 
     loaded = state.loaded()
     _require(name, loaded.config.restore_tests, "restore test")
     raise_on_sigterm()
+    arm_timeout(timeout)
     with state.store() as store:
         if as_json or not err.is_terminal:
             result = run_restore_test(loaded, store, name)
@@ -326,4 +331,10 @@ class _ProgressView:
 
 
 def main() -> None:
-    cli(prog_name="drcheck")
+    from drcheck.engine import Interrupted
+
+    try:
+        cli(prog_name="drcheck")
+    except Interrupted as exc:
+        err.print(f"[yellow]{exc}[/]; the result was recorded and the sandbox removed")
+        sys.exit(124 if "timed out" in str(exc) else 143)

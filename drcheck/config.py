@@ -50,7 +50,10 @@ Duration = Annotated[
 
 def _resolve_path(value: Path, info: ValidationInfo) -> Path:
     base = (info.context or {}).get("base_dir")
-    value = value.expanduser()
+    try:
+        value = value.expanduser()
+    except RuntimeError:  # "~user/…" for an unknown user, or no home directory
+        raise ValueError("cannot expand '~': unknown user or no home directory") from None
     if base is not None and not value.is_absolute():
         value = Path(base) / value
     return Path(os.path.normpath(value))
@@ -171,7 +174,7 @@ class AgentConfig(Strict):
         Path("runbooks"), description="directory of runbooks/<system>.toml (relative to this file)"
     )
     timezone: str = Field("UTC", description="IANA time zone used for cron schedules and reports")
-    max_parallel_jobs: int = Field(2, ge=1, le=32, description="jobs that may run at once")
+    max_parallel_jobs: int = Field(2, strict=True, ge=1, le=32, description="jobs that may run at once")
     job_timeout: Duration = Field(
         timedelta(hours=2), description="a job still running after this is killed and recorded as error"
     )
@@ -186,7 +189,7 @@ class AgentConfig(Strict):
 
         try:
             ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
+        except (ZoneInfoNotFoundError, ValueError, OSError):
             raise ValueError(f"unknown time zone {value!r} (expected e.g. 'America/Los_Angeles')") from None
         return value
 
@@ -194,7 +197,7 @@ class AgentConfig(Strict):
 class MetricsConfig(Strict):
     """The Prometheus endpoint served by `drcheck run`."""
 
-    enabled: bool = Field(True, description="serve /metrics")
+    enabled: bool = Field(True, strict=True, description="serve /metrics")
     listen: str = Field(
         "127.0.0.1:9847", pattern=r"^[^\s:]*:\d{1,5}$", description="host:port to listen on"
     )
@@ -219,7 +222,7 @@ class SiteConfig(Strict):
 
     description: str = Field("", description="what and where it is")
     distance_km: float | None = Field(
-        None, ge=0, description="distance from the primary site, for the off-site rules"
+        None, strict=True, ge=0, description="distance from the primary site, for the off-site rules"
     )
 
 
@@ -279,7 +282,7 @@ class ResticProbe(Strict):
     @field_validator("repository", mode="after")
     @classmethod
     def _repository(cls, value: str, info: ValidationInfo) -> str:
-        if re.search(r"://[^/@\s]+:[^/@\s]+@", value):
+        if re.search(r"://[^/@\s]*:[^/@\s]+@", value):
             raise ValueError(f"credentials inside the repository URL are inline secrets; {_SECRET_HINT}")
         if re.match(r"^[a-z0-9]+:", value) and not re.match(r"^[A-Za-z]:\\", value):
             return value
@@ -311,8 +314,8 @@ class SpotCheck(Strict):
     """Hash a random sample of restored files that are unchanged at the live source
     (same size and mtime as in the snapshot) and compare with the live file."""
 
-    files: int = Field(20, ge=0, description="at least this many files")
-    percent: float = Field(0.0, ge=0, le=100, description="at least this share of eligible files")
+    files: int = Field(20, strict=True, ge=0, description="at least this many files")
+    percent: float = Field(0.0, strict=True, ge=0, le=100, description="at least this share of eligible files")
     source_root: ConfigPath = Field(
         Path("/"), description="where the snapshot's absolute paths live now"
     )
@@ -324,7 +327,7 @@ class CommandCheck(Strict):
 
     name: str | None = Field(None, description="label in results (default: the command)")
     run: list[str] = Field(..., min_length=1, description="argv; no shell")
-    expect_exit: int = Field(0, description="expected exit status")
+    expect_exit: int = Field(0, strict=True, description="expected exit status")
     expect_output: str | None = Field(None, description="regular expression stdout must match")
     timeout: Duration = Field(timedelta(minutes=5), description="kill the command after this")
 
@@ -334,7 +337,7 @@ class CommandCheck(Strict):
         if value is not None:
             try:
                 re.compile(value)
-            except re.error as exc:
+            except (re.error, OverflowError, RecursionError) as exc:
                 raise ValueError(f"not a valid regular expression: {exc}") from None
         return value
 
@@ -383,7 +386,7 @@ class Runbook(Strict):
     """runbooks/<system>.toml: one protected system. The file stem is the system name."""
 
     name: str = Field(..., description="display name, e.g. 'Student Information System'")
-    tier: int = Field(..., ge=1, le=4, description="1 = most critical")
+    tier: int = Field(..., strict=True, ge=1, le=4, description="1 = most critical")
     owner: str = Field(..., min_length=1, description="accountable person or role")
     description: str = Field("", description="what it does and who depends on it")
     rto: Duration = Field(..., description="recovery time objective")

@@ -79,10 +79,15 @@ def load(path: str | os.PathLike) -> LoadedConfig:
     data = _read_toml(path, errors)
     config = _validate(Config, data, path, errors) if data is not None else None
     if config is None:
+        runbooks_dir = _raw_runbooks_dir(data, path) if data is not None else None
+        if runbooks_dir is not None and runbooks_dir.is_dir():
+            _load_runbooks(runbooks_dir, path, errors)  # report their schema errors too
         raise ConfigError(errors)
     runbooks = _load_runbooks(config.agent.runbooks_dir, path, errors)
     loaded = LoadedConfig(path=path, config=config, runbooks=runbooks)
-    errors.extend(cross_reference_errors(loaded))
+    # a runbook that exists but is invalid has its own errors; references to it are not unknown
+    invalid = _runbook_stems(config.agent.runbooks_dir) - runbooks.keys()
+    errors.extend(cross_reference_errors(loaded, invalid))
     if errors:
         raise ConfigError(errors)
     return loaded
@@ -105,7 +110,23 @@ def _read_toml(path: Path, errors: list[str]) -> dict | None:
         errors.append(f"{_display(path)}: cannot read ({exc.strerror})")
     except tomllib.TOMLDecodeError as exc:
         errors.append(f"{_display(path)}: not valid TOML: {exc}")
+    except UnicodeDecodeError as exc:
+        errors.append(f"{_display(path)}: not valid TOML: not UTF-8 (byte {exc.start})")
+    except RecursionError:
+        errors.append(f"{_display(path)}: not valid TOML: arrays or tables nested too deeply")
     return None
+
+
+def _raw_runbooks_dir(data: dict, path: Path) -> Path | None:
+    """Return agent.runbooks_dir from an unvalidated drcheck.toml, or None if unusable."""
+    agent = data.get("agent", {})
+    raw = agent.get("runbooks_dir", "runbooks") if isinstance(agent, dict) else None
+    if not isinstance(raw, str) or "\0" in raw:
+        return None
+    try:
+        return Path(os.path.normpath(path.parent / Path(raw).expanduser()))
+    except RuntimeError:
+        return None
 
 
 def _validate(model: type[BaseModel], data: dict, path: Path, errors: list[str]):
@@ -130,6 +151,10 @@ def _load_runbooks(directory: Path, config_path: Path, errors: list[str]) -> dic
         if runbook is not None:
             runbooks[file.stem] = runbook
     return runbooks
+
+
+def _runbook_stems(directory: Path) -> set[str]:
+    return {file.stem for file in directory.glob("*.toml")} if directory.is_dir() else set()
 
 
 def format_error(model: type[BaseModel], path: Path, error: dict[str, Any]) -> str:
@@ -207,13 +232,16 @@ def _kind_of(model: type[BaseModel]) -> str | None:
     return args[0] if args else None
 
 
-def cross_reference_errors(loaded: LoadedConfig) -> list[str]:
-    """Return one message per broken reference between sections and runbooks."""
+def cross_reference_errors(loaded: LoadedConfig, invalid_systems=frozenset()) -> list[str]:
+    """Return one message per broken reference between sections and runbooks. References
+    to `invalid_systems` (runbook files that failed validation) are not reported."""
     cfg = loaded.config
     where = _display(loaded.path)
     errors: list[str] = []
 
     def unknown(key: str, kind: str, value: str, known) -> None:
+        if kind == "system" and value in invalid_systems:
+            return
         choices = ", ".join(sorted(known)) or "none defined"
         errors.append(f"{where}: {key}: unknown {kind} {value!r} (known: {choices})")
 
@@ -232,7 +260,7 @@ def cross_reference_errors(loaded: LoadedConfig) -> list[str]:
         errors.extend(_restore_test_errors(loaded, name, test, where, unknown))
     for system, runbook in loaded.runbooks.items():
         for i, dep in enumerate(runbook.depends_on):
-            if dep not in loaded.runbooks:
+            if dep not in loaded.runbooks and dep not in invalid_systems:
                 file = _display(cfg.agent.runbooks_dir / f"{system}.toml")
                 choices = ", ".join(sorted(loaded.runbooks))
                 errors.append(f"{file}: depends_on[{i}]: unknown system {dep!r} (known: {choices})")

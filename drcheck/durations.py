@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import timedelta
 
@@ -21,10 +22,9 @@ def parse_duration(value: str | int | float | timedelta) -> timedelta:
     elif isinstance(value, bool):
         raise ValueError("expected a duration such as '15m', '4h', '1d' or seconds")
     elif isinstance(value, (int, float)):
-        result = timedelta(seconds=value)
+        result = _seconds(value)
     elif isinstance(value, str) and re.fullmatch(DURATION_PATTERN, value):
-        seconds = sum(float(n) * _UNITS[u] for n, u in _PART.findall(value.replace(" ", "")))
-        result = timedelta(seconds=seconds)
+        result = _seconds(sum(float(n) * _UNITS[u] for n, u in _PART.findall(value.replace(" ", ""))))
     else:
         raise ValueError(
             f"expected a duration such as '15m', '4h', '1d12h' or a number of seconds, got {value!r}"
@@ -32,6 +32,17 @@ def parse_duration(value: str | int | float | timedelta) -> timedelta:
     if result < timedelta(0):
         raise ValueError("a duration cannot be negative")
     return result
+
+
+def _seconds(seconds: int | float) -> timedelta:
+    if isinstance(seconds, float) and not math.isfinite(seconds):
+        raise ValueError("a duration must be a finite number of seconds")
+    if seconds < 0:
+        raise ValueError("a duration cannot be negative")
+    try:
+        return timedelta(seconds=seconds)
+    except OverflowError:
+        raise ValueError("duration is too large (at most 999999999 days)") from None
 
 
 def format_duration(seconds: float | None) -> str:

@@ -36,6 +36,19 @@ def raise_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+def arm_timeout(seconds: float | None) -> None:
+    """Raise Interrupted in the main thread after `seconds` (None: no limit), so a job that
+    overruns cleans up and records why it stopped."""
+    if not seconds:
+        return
+
+    def handler(signum, frame):
+        raise Interrupted(f"timed out after {seconds:.0f}s")
+
+    signal.signal(signal.SIGALRM, handler)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+
+
 def open_store(loaded: LoadedConfig) -> Store:
     return Store(loaded.database_path, agent=loaded.config.agent.name)
 
@@ -50,6 +63,11 @@ def run_probe(loaded: LoadedConfig, store: Store, name: str, action: str = "snap
     try:
         func = module.probe if action == "snapshots" else getattr(module, action)
         result = func(target, ctx)
+    except (Interrupted, KeyboardInterrupt) as exc:
+        store.record_probe(ProbeResult(probe=name, kind=target.kind, action=action, status=Status.ERROR,
+                                       started_at=started, finished_at=utcnow(), copy=target.copy,
+                                       reason=str(exc) or "interrupted"))
+        raise
     except Exception as exc:  # a bug in a probe must not take the agent down
         log.exception("probe %s (%s) crashed", name, action)
         result = ProbeResult(probe=name, kind=target.kind, action=action, status=Status.ERROR,

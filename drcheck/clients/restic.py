@@ -143,7 +143,9 @@ class ResticRepository:
     def ls(self, snapshot_id: str, include: Sequence[str] = ()) -> Iterator[Entry]:
         """Yield every node of a snapshot (under `include` paths, when given)."""
         with tempfile.NamedTemporaryFile(prefix="drcheck-ls-", suffix=".jsonl") as listing:
-            self._run(["ls", "--json", snapshot_id, *include], stdout_path=Path(listing.name))
+            # Without --recursive, restic lists only the top level of filtered directories.
+            recursive = ["--recursive"] if include else []
+            self._run(["ls", "--json", *recursive, snapshot_id, *include], stdout_path=Path(listing.name))
             with open(listing.name, encoding="utf-8", errors="replace") as handle:
                 for line in handle:
                     node = json.loads(line)
