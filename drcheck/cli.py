@@ -21,7 +21,7 @@ from drcheck.config_loader import ConfigError, LoadedConfig, find_config, load
 from drcheck.durations import format_duration
 from drcheck.results import Status, utcnow
 
-out = Console()
+out = Console(soft_wrap=True)  # paths and reasons must stay on one line for scripts
 err = Console(stderr=True)
 
 STATUS_STYLE = {"ok": "green", "passed": "green", "failed": "bold red", "error": "bold yellow"}

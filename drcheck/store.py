@@ -294,4 +294,7 @@ def process_start(pid: int) -> str | None:
             stat = handle.read()
     except OSError:
         return None
-    return stat.rsplit(b")", 1)[1].split()[19].decode()
+    fields = stat.rsplit(b")", 1)[1].split()
+    if fields[0] in (b"Z", b"X"):  # a zombie holds its pid but will never clean up
+        return None
+    return fields[19].decode()
