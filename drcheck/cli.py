@@ -22,7 +22,7 @@ from drcheck.durations import format_duration
 from drcheck.results import Status, utcnow
 
 out = Console(soft_wrap=True)  # paths and reasons must stay on one line for scripts
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 STATUS_STYLE = {"ok": "green", "passed": "green", "failed": "bold red", "error": "bold yellow"}
 

@@ -21,6 +21,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    ValidationError,
     ValidationInfo,
     WithJsonSchema,
     field_validator,
@@ -66,7 +67,7 @@ _SECRETISH_NAME = re.compile(r"PASS|SECRET|TOKEN|KEY|CREDENTIAL|AUTH", re.IGNORE
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
 
 # `copy` is the natural key name for "which copy"; it shadows the deprecated BaseModel.copy().
@@ -109,7 +110,7 @@ def _env_value(value: Any, info: ValidationInfo) -> str | SecretSpec:
 
 
 EnvValue = Annotated[
-    Any,
+    str | SecretSpec,
     BeforeValidator(_env_value),
     WithJsonSchema(
         {
@@ -288,13 +289,30 @@ class ResticProbe(Strict):
             return value
         return str(_resolve_path(Path(value), info))
 
-    @field_validator("environment", mode="after")
+    @field_validator("environment", mode="wrap")
     @classmethod
-    def _secretish_env(cls, value: dict[str, Any]) -> dict[str, Any]:
-        for name, item in value.items():
-            if isinstance(item, str) and _SECRETISH_NAME.search(name):
-                raise ValueError(f"{name}: inline secrets are not allowed; {_SECRET_HINT}")
-        return value
+    def _secretish_env(cls, value: Any, handler) -> dict[str, Any]:
+        # one error per inline secret, at environment.<NAME>, reported together with the
+        # other errors of the table; the value itself is never included
+        inline = [
+            name for name, item in (value.items() if isinstance(value, dict) else ())
+            if isinstance(item, (str, int, float)) and not isinstance(item, bool)
+            and isinstance(name, str) and _SECRETISH_NAME.search(name)
+        ]
+        try:
+            result, other = handler(value), []
+        except ValidationError as exc:
+            if not inline:
+                raise
+            other = [{k: e[k] for k in ("type", "loc", "input", "ctx") if k in e} for e in exc.errors()]
+        if inline:
+            problem = ValueError(f"inline secrets are not allowed; {_SECRET_HINT}")
+            raise ValidationError.from_exception_data(
+                "environment",
+                other + [{"type": "value_error", "loc": (name,), "input": "<hidden>", "ctx": {"error": problem}}
+                         for name in inline],
+            )
+        return result
 
 
 class CanaryConfig(Strict):

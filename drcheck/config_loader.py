@@ -111,7 +111,8 @@ def _read_toml(path: Path, errors: list[str]) -> dict | None:
     except tomllib.TOMLDecodeError as exc:
         errors.append(f"{_display(path)}: not valid TOML: {exc}")
     except UnicodeDecodeError as exc:
-        errors.append(f"{_display(path)}: not valid TOML: not UTF-8 (byte {exc.start})")
+        line = exc.object[: exc.start].count(b"\n") + 1
+        errors.append(f"{_display(path)}: not valid TOML: not UTF-8 (at line {line})")
     except RecursionError:
         errors.append(f"{_display(path)}: not valid TOML: arrays or tables nested too deeply")
     return None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from datetime import datetime
@@ -45,13 +46,13 @@ class Entry:
     mtime: datetime | None
 
 
+_FRACTION = re.compile(r"\.(\d+)")
+
+
 def _parse_time(value: str) -> datetime:
-    # restic prints nanoseconds and sometimes a numeric offset; Python takes microseconds.
-    if "." in value:
-        head, tail = value.split(".", 1)
-        digits = "".join(c for c in tail if c.isdigit())
-        zone = tail[len(digits):]
-        value = f"{head}.{digits[:6]}{zone}"
+    """Parse restic's RFC 3339 time (nanoseconds, Z or an offset) into an aware datetime."""
+    # Python takes at most microseconds: cut the fraction to six digits.
+    value = _FRACTION.sub(lambda m: "." + m.group(1)[:6].ljust(6, "0"), value, count=1)
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
