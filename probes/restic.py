@@ -114,12 +114,8 @@ def check(target: ResticProbe, ctx: RunContext) -> ProbeResult:
     except SecretUnavailable as exc:
         result.status, result.reason = Status.ERROR, str(exc)
     except ResticError as exc:
-        reason = str(exc)
-        # restic exits 1 for "Fatal: repository contains errors"; anything it could not even
-        # open (password, location, lock) is an error, not evidence of damage.
-        damaged = not any(w in reason for w in ("password", "no restic repository", "locked", "not found", "killed"))
-        result.status = Status.FAILED if damaged else Status.ERROR
-        result.reason = f"repository check failed: {reason}" if damaged else reason
+        result.status = Status.FAILED if exc.damaged else Status.ERROR
+        result.reason = f"repository check failed: {exc}" if exc.damaged else str(exc)
     result.details = {"read_data_subset": subset}
     result.finished_at = ctx.now()
     return result

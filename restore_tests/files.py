@@ -53,7 +53,8 @@ def run(target: FilesRestoreTest, ctx: RunContext) -> RestoreTestResult:
     try:
         _restore_and_verify(target, ctx, probe_cfg, result)
     except EXPECTED_FAILURES as exc:
-        result.status = Status.ERROR
+        # corrupt backup data is the backup failing its test; anything else means we could not test
+        result.status = Status.FAILED if getattr(exc, "damaged", False) else Status.ERROR
         result.reason = str(exc) if not isinstance(exc, OSError) else f"{exc.strerror}: {exc.filename}"
         log.warning("%s: %s", ctx.name, result.reason)
     result.finished_at = ctx.now()

@@ -24,7 +24,12 @@ log = logging.getLogger(__name__)
 
 
 class ResticError(RuntimeError):
-    """restic failed; the message is a one-line reason fit for a result."""
+    """restic failed; the message is a one-line reason fit for a result. `damaged` is true
+    when restic found the repository's data corrupt (a failed backup, not a failed probe)."""
+
+    def __init__(self, reason: str, damaged: bool = False):
+        super().__init__(reason)
+        self.damaged = damaged
 
 
 @dataclass(frozen=True)
@@ -66,9 +71,22 @@ _KNOWN_FAILURES = (
 )
 
 
+_DAMAGE = ("ciphertext verification failed", "Pack ID does not match", "repository contains errors",
+           "invalid data returned", "is damaged", "hash mismatch", "checksum mismatch")
+
+
+def damage_lines(stderr: str) -> list[str]:
+    """Return restic's lines reporting corrupt repository data."""
+    return [line.strip() for line in stderr.splitlines() if any(n in line for n in _DAMAGE)]
+
+
 def explain_failure(stderr: str, returncode: int) -> str:
-    """Turn restic's stderr into a short reason, keeping restic's own last line."""
+    """Turn restic's stderr into a short reason, keeping restic's own words."""
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    damage = damage_lines(stderr)
+    if damage:
+        more = f" (+{len(damage) - 1} more)" if len(damage) > 1 else ""
+        return f"backup data is damaged: {damage[0][:200]}{more}"
     for needle, reason in _KNOWN_FAILURES:
         if needle in stderr:
             return reason
@@ -116,7 +134,8 @@ class ResticRepository:
         except process.CommandTimeout as exc:
             raise ResticError(str(exc)) from None
         if done.returncode != 0:
-            raise ResticError(explain_failure(done.stderr, done.returncode))
+            raise ResticError(explain_failure(done.stderr, done.returncode),
+                              damaged=bool(damage_lines(done.stderr + done.stdout)))
         return done
 
     def snapshots(self) -> list[Snapshot]:

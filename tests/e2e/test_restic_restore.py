@@ -78,7 +78,7 @@ def test_corrupted_pack_fails_repository_check(lab):
     result = lab.probe("check")
 
     assert result.status is Status.FAILED
-    assert "repository check failed" in result.reason
+    assert result.reason.startswith("repository check failed: backup data is damaged")
     assert lab.rows("SELECT status FROM probe_runs WHERE action = 'check' ORDER BY id")[-1]["status"] == "failed"
 
 
@@ -92,8 +92,10 @@ def test_tampered_pack_fails_the_restore_and_cleans_up(lab):
 
     result = lab.restore_test()
 
-    assert result.status in (Status.FAILED, Status.ERROR)
-    assert result.reason
+    assert result.status is Status.FAILED
+    assert result.reason.startswith("backup data is damaged:")
+    assert "ciphertext verification failed" in result.reason or "Pack ID" in result.reason
+    assert result.rto_seconds is None
     assert lab.sandbox_entries() == []
 
 
