@@ -91,7 +91,7 @@ def config_schema(runbook: bool) -> None:
     """Print the JSON schema of drcheck.toml (for editors such as VS Code + Even Better TOML)."""
     from drcheck.schema import schema_json
 
-    click.echo(schema_json(runbook))
+    click.echo(schema_json(runbook), nl=False)
 
 
 @cli.command()

@@ -119,7 +119,20 @@ class Store:
         self.db.enable_wal()
         self.db.conn.execute("PRAGMA foreign_keys = ON")
         self.db.conn.execute("PRAGMA synchronous = NORMAL")
-        migrations.apply(self.db)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Apply pending migrations under the write lock, so agents and CLI runs opening a
+        new database at once neither race nor fail on a stale read."""
+        if not migrations.pending(self.db):
+            return
+        self.db.conn.execute("BEGIN IMMEDIATE")
+        try:
+            migrations.apply(self.db)  # re-reads what is pending, now under the lock
+            self.db.conn.execute("COMMIT")
+        except BaseException:
+            self.db.conn.execute("ROLLBACK")
+            raise
 
     def close(self) -> None:
         self.db.close()
@@ -234,6 +247,13 @@ class Store:
                JOIN (SELECT MAX(id) AS id FROM restore_points GROUP BY system, copy) newest
                ON rp.id = newest.id ORDER BY rp.system, rp.copy"""
         )
+
+    def latest_point_id(self, system: str, copy: str) -> str | None:
+        """The id of the newest restore point a probe last reported for (system, copy)."""
+        row = self.db.execute(
+            "SELECT point_id FROM restore_points WHERE system = ? AND copy = ? ORDER BY id DESC LIMIT 1",
+            [system, copy]).fetchone()
+        return row[0] if row else None
 
     def latest_probe_runs(self) -> list[dict[str, Any]]:
         """Latest run per (probe, action)."""

@@ -137,17 +137,28 @@ class FileSource:
     def newest(self, system: str) -> Snapshot | None:
         return newest_for(self.target, system, self.repo)
 
-    def files(self, point: Snapshot, include: list[str]) -> list[SnapshotFile]:
-        """Return the snapshot's regular files; raise SandboxRefused for an escaping entry."""
+    def files(self, point_id: str, include: list[str]) -> list[SnapshotFile]:
+        """Return the snapshot's regular files under `include`; raise SandboxRefused for an
+        entry that would escape a restore target."""
         listed = []
-        for entry in self.repo.ls(point.id, include):
+        for entry in self.repo.ls(point_id, include):
             check_entry(entry.path)
             if entry.type == "file":
                 listed.append(SnapshotFile(entry.path, entry.size, entry.mtime))
         return listed
 
     def restore(self, point: Snapshot, dest, include: list[str], timeout: float | None) -> None:
-        self.repo.restore(point.id, dest, include, timeout=timeout)
+        """Restore the point into dest; only `include` when the snapshot holds more."""
+        whole = not include or all(_under_any(p, include) for p in point.paths)
+        self.repo.restore(point.id, dest, [] if whole else include, timeout=timeout)
+
+
+def _under_any(path: str, roots: list[str]) -> bool:
+    """True when `path` is one of `roots` or below one (no roots: everything is)."""
+    if not roots:
+        return True
+    candidate = PurePosixPath(path)
+    return any(candidate == PurePosixPath(r) or PurePosixPath(r) in candidate.parents for r in roots)
 
 
 def file_source(target: ResticProbe) -> FileSource:

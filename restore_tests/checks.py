@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import random
 import re
 import time
@@ -86,6 +87,21 @@ def _digest(path: Path) -> str:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
+def regular_files(root: Path) -> dict[str, int]:
+    """Map every regular file under root (relative path) to its size, without following
+    symlinks: a file listed here is inside root, whatever the restored tree contains."""
+    found: dict[str, int] = {}
+    stack = [root]
+    while stack:
+        with os.scandir(stack.pop()) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(Path(entry.path))
+                elif entry.is_file(follow_symlinks=False):
+                    found[os.path.relpath(entry.path, root)] = entry.stat(follow_symlinks=False).st_size
+    return found
+
+
 def _unchanged(live: Path, entry: SnapshotFile) -> bool:
     try:
         st = live.lstat()
@@ -96,42 +112,78 @@ def _unchanged(live: Path, entry: SnapshotFile) -> bool:
     return abs(st.st_mtime - entry.mtime.timestamp()) < 0.001
 
 
-def spot_check(sandbox: Path, files: Sequence[SnapshotFile], config: SpotCheck,
-               rng: random.Random | None = None, workers: int = 4) -> CheckResult:
-    """Hash a sample of restored files that are unchanged at the live source and compare.
+class SpotCheckRun:
+    """A spot check prepared from the snapshot listing, before the restore exists.
 
-    Eligible: regular files whose live copy (under `config.source_root`) has the snapshot's
-    size and mtime. Sample size: max(`files`, `percent` of eligible), capped at eligible.
+    Eligible: regular files whose live copy (under `config.source_root`) still has the
+    snapshot's size and mtime. Sample size: max(`files`, `percent` of eligible), capped at
+    eligible. Hashing the live side starts at once, so it overlaps the restore; `result()`
+    then hashes the restored side and compares. Use as a context manager.
     """
 
-    def body():
-        source_root = Path(config.source_root)
-        eligible = [f for f in files if _unchanged(source_root.joinpath(f.path.lstrip("/")), f)]
-        if not eligible:
-            return (Status.FAILED,
-                    f"none of {len(files)} snapshot file(s) is unchanged at the live source under "
-                    f"{source_root}; nothing to compare", {"eligible": 0})
-        wanted = max(config.files, math.ceil(len(eligible) * config.percent / 100))
-        sample = (rng or random.SystemRandom()).sample(eligible, min(wanted, len(eligible)))
+    def __init__(self, files: Sequence[SnapshotFile], config: SpotCheck,
+                 rng: random.Random | None = None, workers: int = 4):
+        start = time.perf_counter()
+        self.total = len(files)
+        self.source_root = Path(config.source_root)
+        self.eligible = [f for f in files if _unchanged(self._live(f), f)]
+        wanted = max(config.files, math.ceil(len(self.eligible) * config.percent / 100))
+        self.sample = (rng or random.SystemRandom()).sample(self.eligible, min(wanted, len(self.eligible)))
+        self.pool = ThreadPoolExecutor(max_workers=workers)
+        self.live_digests = {f.path: self.pool.submit(_digest, self._live(f)) for f in self.sample}
+        self.prepare_seconds = time.perf_counter() - start
 
-        def compare(entry: SnapshotFile) -> str | None:
-            restored = contained(sandbox, entry.path)
-            if not restored.is_file():
-                return f"{entry.path}: missing from the restore"
-            if restored.stat().st_size != entry.size:
-                return f"{entry.path}: restored size {restored.stat().st_size} != {entry.size}"
-            if _digest(restored) != _digest(source_root.joinpath(entry.path.lstrip("/"))):
-                return f"{entry.path}: sha256 differs from the live source"
-            return None
+    def _live(self, entry: SnapshotFile) -> Path:
+        return self.source_root.joinpath(entry.path.lstrip("/"))
 
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            mismatches = [m for m in pool.map(compare, sample) if m]
-        details = {"eligible": len(eligible), "sampled": len(sample), "mismatches": mismatches[:50]}
-        if mismatches:
-            return Status.FAILED, f"{len(mismatches)} of {len(sample)} sampled file(s) differ: " + "; ".join(mismatches[:5]), details
-        return Status.PASSED, f"{len(sample)} of {len(eligible)} unchanged file(s) hashed, all match the live source", details
+    def __enter__(self) -> "SpotCheckRun":
+        return self
 
-    return timed("spot_check", body)
+    def __exit__(self, *exc) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def result(self, sandbox: Path) -> CheckResult:
+        """Compare the sample's restored copies with the live source."""
+
+        def body():
+            if not self.eligible:
+                return (Status.FAILED,
+                        f"none of {self.total} snapshot file(s) is unchanged at the live source under "
+                        f"{self.source_root}; nothing to compare", {"eligible": 0})
+            restored = regular_files(sandbox)
+            mismatches = [m for m in self.pool.map(lambda e: self._compare(sandbox, restored, e), self.sample) if m]
+            details = {"eligible": len(self.eligible), "sampled": len(self.sample), "mismatches": mismatches[:50]}
+            if mismatches:
+                return (Status.FAILED, f"{len(mismatches)} of {len(self.sample)} sampled file(s) differ: "
+                        + "; ".join(mismatches[:5]), details)
+            return (Status.PASSED, f"{len(self.sample)} of {len(self.eligible)} unchanged file(s) hashed, "
+                    "all match the live source", details)
+
+        check = timed("spot_check", body)
+        check.duration_seconds += self.prepare_seconds
+        return check
+
+    def _compare(self, sandbox: Path, restored: dict[str, int], entry: SnapshotFile) -> str | None:
+        relative = entry.path.lstrip("/")
+        if relative not in restored:
+            contained(sandbox, entry.path)  # raises SandboxRefused when a symlink leads out
+            return f"{entry.path}: missing from the restore"
+        if restored[relative] != entry.size:
+            return f"{entry.path}: restored size {restored[relative]} != {entry.size}"
+        try:
+            live = self.live_digests[entry.path].result()
+        except OSError as exc:
+            return f"{entry.path}: live source unreadable ({exc.strerror})"
+        if _digest(sandbox / relative) != live:
+            return f"{entry.path}: sha256 differs from the live source"
+        return None
+
+
+def spot_check(sandbox: Path, files: Sequence[SnapshotFile], config: SpotCheck,
+               rng: random.Random | None = None) -> CheckResult:
+    """Prepare and run a spot check in one go (see SpotCheckRun)."""
+    with SpotCheckRun(files, config, rng) as run:
+        return run.result(sandbox)
 
 
 def command(sandbox: Path, data_root: Path, check: CommandCheck) -> CheckResult:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from pathlib import Path, PurePosixPath
 
 from drcheck.clients.process import CommandTimeout
@@ -63,33 +65,56 @@ def run(target: FilesRestoreTest, ctx: RunContext) -> RestoreTestResult:
 
 def _restore_and_verify(target, ctx: RunContext, probe_cfg, result: RestoreTestResult) -> None:
     source = module_for(probe_cfg.kind).file_source(probe_cfg)
-    ctx.progress("finding the newest restore point")
-    point = source.newest(target.system)
+    include = [str(p) for p in ctx.loaded.system_source_paths(target.probe, target.system)]
+    ctx.progress("finding and listing the newest restore point")
+    point, files = _newest_with_listing(ctx, source, target.system, probe_cfg.copy, include)
     if point is None:
         result.status, result.reason = Status.FAILED, f"no restore point of {target.system} in {probe_cfg.copy}"
         return
     result.point_id, result.point_time = point.id, point.time
-    include = [str(p) for p in ctx.loaded.system_source_paths(target.probe, target.system)]
-    ctx.progress("listing the restore point")
-    files = source.files(point, include)
     result.files_restored = len(files)
     result.bytes_restored = sum(f.size for f in files)
     timeout = (target.timeout or ctx.loaded.config.agent.job_timeout).total_seconds()
-    agent = ctx.loaded.config.agent
+    spot = target.spot_check
+    spot_run = checks.SpotCheckRun(files, spot) if spot is not None and (spot.files or spot.percent) else None
 
-    with sandbox(ctx.store, agent.sandbox_root, ctx.name, target.target_dir) as dest:
+    with sandbox(ctx.store, ctx.loaded.config.agent.sandbox_root, ctx.name, target.target_dir) as dest, \
+            (spot_run or nullcontext()):
         result.sandbox = str(dest)
         t0 = time.perf_counter()
         with _watch_progress(ctx, dest, result.bytes_restored):
             source.restore(point, dest, include, timeout)
         result.restore_seconds = time.perf_counter() - t0
         ctx.progress("verifying")
-        verdicts = _verify(target, ctx, dest, files, result)
+        verdicts = _verify(target, ctx, dest, spot_run, result)
         result.verify_seconds = time.perf_counter() - t0 - result.restore_seconds
     _judge(result, verdicts)
 
 
-def _verify(target: FilesRestoreTest, ctx: RunContext, dest: Path, files, result: RestoreTestResult):
+def _newest_with_listing(ctx: RunContext, source, system: str, copy: str, include: list[str]):
+    """Return the newest restore point and its file listing.
+
+    Each restic call pays the repository's key derivation, so the listing of the point the
+    last probe reported is fetched while `snapshots` confirms it is still the newest; it is
+    used only if so.
+    """
+    known = ctx.store.latest_point_id(system, copy)
+    if known is None:
+        point = source.newest(system)
+        return point, (source.files(point.id, include) if point else [])
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        newest = pool.submit(source.newest, system)
+        guess = pool.submit(source.files, known, include)
+        point = newest.result()
+        if point is not None and point.id == known:
+            try:
+                return point, guess.result()
+            except ResticError:
+                pass  # e.g. pruned since the probe ran: list the real newest below
+    return point, (source.files(point.id, include) if point else [])
+
+
+def _verify(target: FilesRestoreTest, ctx: RunContext, dest: Path, spot_run, result: RestoreTestResult):
     runbook = ctx.loaded.runbooks[target.system]
     include = ctx.loaded.system_source_paths(target.probe, target.system)
     data_root = dest.joinpath(*PurePosixPath(include[0]).parts[1:]) if len(include) == 1 else dest
@@ -105,8 +130,8 @@ def _verify(target: FilesRestoreTest, ctx: RunContext, dest: Path, files, result
         if canary_time is not None:
             result.rpo_seconds = (result.started_at - canary_time).total_seconds()
             result.rpo_source = "canary"
-    if target.spot_check is not None and (target.spot_check.files or target.spot_check.percent):
-        result.checks.append(checks.spot_check(dest, files, target.spot_check))
+    if spot_run is not None:
+        result.checks.append(spot_run.result(dest))
     for command in target.commands:
         result.checks.append(checks.command(dest, data_root, command))
     return result.checks
