@@ -19,7 +19,7 @@ from rich.table import Table
 from drcheck import __version__
 from drcheck.config_loader import ConfigError, LoadedConfig, find_config, load
 from drcheck.durations import format_duration
-from drcheck.results import Status, utcnow
+from drcheck.results import utcnow
 
 out = Console(soft_wrap=True)  # paths and reasons must stay on one line for scripts
 err = Console(stderr=True, soft_wrap=True)

@@ -81,7 +81,7 @@ def build_lab(loaded: LoadedConfig, say=print) -> None:
                         make_sample_data(Path(path), rule.system, generation, rng)
                     for test_name, test in loaded.config.restore_tests.items():
                         if test.system == rule.system and test.probe == probe_name and test.canary:
-                            plant_canary(loaded, store, test_name, now=lambda: taken - timedelta(minutes=1))
+                            plant_canary(loaded, store, test_name, now=lambda t=taken: t - timedelta(minutes=1))
                     args = ["backup", "--quiet", "--time", taken.strftime("%Y-%m-%d %H:%M:%S"),
                             "--host", (rule.hosts or [rule.system])[0], *[str(p) for p in rule.paths]]
                     for tag in rule.tags:

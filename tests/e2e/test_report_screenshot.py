@@ -112,5 +112,5 @@ def test_weekly_report_screenshot_is_not_blank(report, tmp_path):
         pixels = image.width * image.height
         white = sum(n for n, rgb in colours if min(rgb) >= 250)
         assert 0.03 < 1 - white / pixels < 0.9, f"{1 - white / pixels:.1%} of the page is not white"
-        red = sum(n for n, rgb in colours if all(abs(a - b) <= 6 for a, b in zip(rgb, FAILED_RED)))
+        red = sum(n for n, rgb in colours if all(abs(a - b) <= 6 for a, b in zip(rgb, FAILED_RED, strict=True)))
         assert red >= 200, f"no FAILED badge red ({red} pixels near #b42318)"

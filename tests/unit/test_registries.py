@@ -25,14 +25,14 @@ def modules_on_disk(folder: str, helpers: set[str]) -> set[str]:
 
 def test_probe_kinds_agree():
     assert set(PROBES) == schema_kinds("probes") == modules_on_disk("probes", set())
-    for kind, module in PROBES.items():
+    for module in PROBES.values():
         loaded = importlib.import_module(module)
         assert callable(loaded.probe), f"{module} has no probe(target, ctx)"
 
 
 def test_restore_test_kinds_agree():
     assert set(RESTORE_TESTS) == schema_kinds("restore_tests") == modules_on_disk("restore_tests", {"checks"})
-    for kind, module in RESTORE_TESTS.items():
+    for module in RESTORE_TESTS.values():
         assert callable(importlib.import_module(module).run), f"{module} has no run(target, ctx)"
 
 

@@ -1,8 +1,6 @@
 """Sandbox containment and removal, on real directories."""
 
-import os
 import stat
-from pathlib import Path
 
 import pytest
 
