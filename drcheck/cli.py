@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import click
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -192,20 +193,28 @@ def status(state: State, as_json: bool) -> None:
 
 
 def print_status_table(loaded: LoadedConfig, statuses) -> None:
-    table = Table("system", "tier", "RTO / RPO target", "newest point (age)", "last test", "RTO", "RPO", "verdict",
-                  title="drcheck status", show_lines=True)
+    """Print one row per system (worst first), then each system's problems in words."""
+    zone = _local(loaded, utcnow(), "%Z")
+    table = Table("system", "tier", "RTO/RPO\ntarget", "point\nage", f"last test\n({zone})", "RTO", "RPO",
+                  "result", title="drcheck status", box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0))
+    for column in table.columns:
+        column.no_wrap = True
     for s in statuses:
-        points = "\n".join(f"{p.copy}: {format_duration(p.age_seconds)}" + ("" if p.within_rpo else " [red]✗[/]")
+        points = "\n".join(format_duration(p.age_seconds) + ("" if p.within_rpo else " [red]✗[/]")
                            for p in s.points) or "[red]none[/]"
         t = s.last_test
-        last = f"{styled(t.status)} {_local(loaded, t.started_at)}" if t else "never"
-        rto = _vs(t.rto_seconds, s.rto_target_seconds) if t else "—"
-        rpo = _vs(t.rpo_seconds, s.rpo_target_seconds) if t else "—"
-        verdict = "[green]OK[/]" if s.ok else "[red]" + "\n".join(s.problems) + "[/]"
-        table.add_row(f"{s.system}\n[dim]{s.name}[/]", str(s.tier),
+        last = f"{styled(t.status)} [dim]{_local(loaded, t.started_at, '%a %H:%M')}[/]" if t else "[red]never[/]"
+        table.add_row(s.system, str(s.tier),
                       f"{format_duration(s.rto_target_seconds)} / {format_duration(s.rpo_target_seconds)}",
-                      points, last, rto, rpo, verdict)
+                      points, last, _vs(t.rto_seconds, s.rto_target_seconds) if t else "—",
+                      _vs(t.rpo_seconds, s.rpo_target_seconds) if t else "—",
+                      "[green]OK[/]" if s.ok else "[bold red]FAIL[/]")
     out.print(table)
+    for s in statuses:
+        if s.problems:
+            out.print(f"[bold red]{s.system}[/] ({s.name}, tier {s.tier}, owner {s.owner}):")
+            for problem in s.problems:
+                out.print(f"  • {problem}", markup=False, highlight=False)
 
 
 @cli.group()
@@ -256,10 +265,10 @@ def _require(name: str, known: dict, what: str) -> None:
         sys.exit(1)
 
 
-def _local(loaded: LoadedConfig, when) -> str:
+def _local(loaded: LoadedConfig, when, fmt: str = "%Y-%m-%d %H:%M %Z") -> str:
     from zoneinfo import ZoneInfo
 
-    return when.astimezone(ZoneInfo(loaded.config.agent.timezone)).strftime("%Y-%m-%d %H:%M %Z") if when else "—"
+    return when.astimezone(ZoneInfo(loaded.config.agent.timezone)).strftime(fmt) if when else "—"
 
 
 def _vs(measured: float | None, target: float) -> str:

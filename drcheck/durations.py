@@ -51,7 +51,9 @@ def format_duration(seconds: float | None) -> str:
         return "—"
     negative = seconds < 0
     seconds = abs(seconds)
-    if seconds < 10:
+    if seconds < 1:
+        text = f"{seconds:.2f}s"
+    elif seconds < 10:
         text = f"{seconds:.1f}s"
     else:
         total = int(round(seconds))
