@@ -241,10 +241,14 @@ def report_weekly(state: State, output: Path | None) -> None:
 def run(state: State) -> None:
     """Run the agent: scheduled probes and tests, and the metrics endpoint (SIGHUP
     reloads the configuration, SIGTERM stops cleanly)."""
-    from drcheck.scheduler import Daemon
+    from drcheck.scheduler import AgentError, Daemon
 
     state.loaded()
-    sys.exit(Daemon(find_config(state.config_path)).serve())
+    try:
+        sys.exit(Daemon(find_config(state.config_path)).serve())
+    except AgentError as exc:
+        err.print(f"[red]drcheck: {exc}[/]")
+        sys.exit(1)
 
 
 @cli.command()

@@ -35,6 +35,10 @@ log = logging.getLogger(__name__)
 STOP_GRACE_SECONDS = 30  # how long a child gets to clean up after SIGTERM
 
 
+class AgentError(RuntimeError):
+    """The agent cannot start (e.g. its metrics address is taken); the message says why."""
+
+
 @dataclass(frozen=True)
 class JobSpec:
     """One scheduled job: `args` for the child `drcheck` command line."""
@@ -150,8 +154,11 @@ class Daemon:
         from drcheck.metrics import registry_for
 
         host, port = metrics.listen.rsplit(":", 1)
-        self.metrics_server, _ = start_http_server(int(port), addr=host or "127.0.0.1",
-                                                   registry=registry_for(lambda: self.loaded))
+        try:
+            self.metrics_server, _ = start_http_server(int(port), addr=host or "127.0.0.1",
+                                                       registry=registry_for(lambda: self.loaded))
+        except OSError as exc:
+            raise AgentError(f"cannot serve metrics on {metrics.listen} (metrics.listen): {exc.strerror}") from None
         log.info("metrics at http://%s/metrics", metrics.listen)
 
     def _shutdown(self) -> None:

@@ -232,3 +232,34 @@ def metric_value(text: str, series: str) -> float:
         if line.startswith(series + " "):
             return float(line.rsplit(" ", 1)[1])
     raise AssertionError(f"{series} not exposed")
+
+
+def test_a_slow_job_never_overlaps_itself_and_sigterm_cleans_it_up(lab, agent):
+    lab.plant_canary(at=utc(minutes=5))
+    lab.backup(at=utc(minutes=4))
+    slow = lab.wrapper("restic-slow", SLOW_RESTORE)
+    lab.configure(probes={"repo": {"restic_command": str(slow)}},
+                  restore_tests={"app-files": {"schedule": {"interval": "1s"}}})
+    a = agent()
+    lease = wait_for(lambda: lab.rows("SELECT * FROM sandbox_leases") if lab.database.exists() else None,
+                     what="the restore test to start")[0]
+    wait_for(lambda: "maximum number of running instances reached" in a.text(), what="a skipped second run")
+    assert len(lab.rows("SELECT * FROM sandbox_leases")) == 1  # one instance, coalesced
+
+    assert a.stop() == 0
+    assert not Path(lease["path"]).exists()
+    (row,) = lab.rows("SELECT * FROM restore_tests")
+    assert row["status"] == "error" and "SIGTERM" in row["reason"]
+    assert lab.rows("SELECT released_at FROM sandbox_leases")[0]["released_at"]
+
+
+def test_metrics_address_in_use_is_a_clear_error(lab):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        lab.configure(metrics={"enabled": True, "listen": f"127.0.0.1:{port}"})
+        done = lab.cli("run", timeout=60)
+    assert done.returncode == 1
+    assert f"cannot serve metrics on 127.0.0.1:{port}" in done.stderr
+    assert "Traceback" not in done.stderr
