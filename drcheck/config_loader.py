@@ -3,8 +3,10 @@
 `load(path)` returns a `LoadedConfig` or raises `ConfigError` carrying every problem found,
 each as "<file>: <key.path>: <message>". Pass one validates each file against the schema
 in `drcheck.config`; pass two checks cross-references (a restore test naming an unknown
-probe, a copy at an unknown site). Input values are never echoed for strings, so a secret
-typed into the wrong key does not end up in a terminal or a log.
+probe, a copy at an unknown site). Values of unknown keys, of secret references and of
+ordinary string fields are never echoed, so a secret typed into the wrong key does not end
+up in a terminal or a log; only numbers, durations and time zones are quoted back, where
+seeing the value is what makes the error clear.
 """
 
 from __future__ import annotations
