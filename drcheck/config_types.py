@@ -140,7 +140,7 @@ class Schedule(Strict):
         from apscheduler.triggers.cron import CronTrigger
 
         try:
-            CronTrigger.from_crontab(value)
+            CronTrigger(**cron_fields(value))
         except ValueError as exc:
             raise ValueError(f"not a valid 5-field crontab expression: {exc}") from None
         return value
@@ -154,3 +154,54 @@ class Schedule(Strict):
         return self
 
 
+
+
+_DAY_NAMES = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")  # crontab order: 0 (and 7) = Sunday
+
+
+def cron_fields(expr: str) -> dict[str, str]:
+    """Translate a 5-field crontab expression into APScheduler CronTrigger fields.
+
+    APScheduler numbers weekdays from Monday = 0 while crontab uses Sunday = 0 (and 7), so
+    the day-of-week field is expanded into day names. crontab runs a job when *either*
+    day field matches if both are restricted, APScheduler only when both do; rather than
+    guess, such an expression is refused. Raise ValueError naming the problem.
+    """
+    parts = expr.split()
+    if len(parts) != 5:
+        raise ValueError(f"expected 5 fields (minute hour day month day-of-week), got {len(parts)}")
+    minute, hour, day, month, day_of_week = parts
+    if day != "*" and day_of_week != "*":
+        raise ValueError("restrict day of month or day of week, not both (crontab would run when either matches)")
+    return {"minute": minute, "hour": hour, "day": day, "month": month, "day_of_week": _weekdays(day_of_week)}
+
+
+def _weekdays(field: str) -> str:
+    if field == "*":
+        return "*"
+    days: set[int] = set()
+    for part in field.split(","):
+        span, _, step_text = part.partition("/")
+        step = int(step_text) if step_text.isdigit() and int(step_text) > 0 else None
+        if step_text and step is None:
+            raise ValueError(f"bad step in day of week: {part!r}")
+        if span == "*":
+            low, high = 0, 6
+        elif "-" in span:
+            low, high = (_weekday(x) for x in span.split("-", 1))
+        else:
+            low = _weekday(span)
+            high = 7 if step else low
+        if high < low:
+            raise ValueError(f"day-of-week range runs backwards: {part!r}")
+        days.update(d % 7 for d in range(low, high + 1, step or 1))
+    return "*" if len(days) == 7 else ",".join(_DAY_NAMES[d] for d in sorted(days))
+
+
+def _weekday(text: str) -> int:
+    text = text.strip().lower()
+    if text in _DAY_NAMES:
+        return _DAY_NAMES.index(text)
+    if text.isdigit() and 0 <= int(text) <= 7:
+        return int(text)
+    raise ValueError(f"day of week must be 0-7 or sun-sat, got {text!r}")

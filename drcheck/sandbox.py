@@ -19,7 +19,7 @@ from pathlib import Path, PurePosixPath
 from typing import Iterator
 
 from drcheck.results import utcnow
-from drcheck.store import Store
+from drcheck.store import LeaseConflict, Store
 
 log = logging.getLogger(__name__)
 
@@ -58,16 +58,20 @@ def sandbox(store: Store, root: Path, test: str, target_dir: Path | None = None)
     """Create a sandbox for `test` under `root`, yield it, and always remove it.
 
     Raise SandboxRefused, before anything is created, when `target_dir` is outside `root`
-    (symlinks resolved) or already holds data.
+    (symlinks resolved), already holds data, or is in use by another live run.
     """
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
     stamp = utcnow().strftime("%Y%m%dT%H%M%SZ")
     path = target_dir or root / f"{test}-{stamp}-{secrets.token_hex(3)}"
     if not is_inside(path, root) or Path(path).resolve() == root.resolve():
         raise SandboxRefused(f"restore target {path} is outside the sandbox root {root}; refused")
+    try:
+        lease = store.take_lease(test, path)
+    except LeaseConflict as exc:
+        raise SandboxRefused(f"restore target {exc}; refused") from None
     if path.exists() and (path.is_symlink() or any(path.iterdir())):
+        store.release_lease(lease, "refused: target not empty")
         raise SandboxRefused(f"restore target {path} is not empty; refusing to restore over data")
-    lease = store.take_lease(test, path)
     try:
         path.mkdir(mode=0o700, exist_ok=target_dir is not None)
         yield path

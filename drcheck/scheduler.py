@@ -12,10 +12,12 @@ agent exits 0.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,8 +26,9 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from drcheck.clients.process import kill_group
+from drcheck.clients.process import kill_session, session_members
 from drcheck.config import Schedule
+from drcheck.config_types import cron_fields
 from drcheck.config_loader import ConfigError, LoadedConfig, load
 from drcheck.engine import open_store, reap_orphans
 from drcheck.results import ProbeResult, RestoreTestResult, Status, utcnow
@@ -75,9 +78,7 @@ def trigger(schedule: Schedule, timezone: str):
     """Return the APScheduler trigger for a Schedule."""
     jitter = int(schedule.jitter.total_seconds()) if schedule.jitter else None
     if schedule.cron:
-        minute, hour, day, month, day_of_week = schedule.cron.split()
-        return CronTrigger(minute=minute, hour=hour, day=day, month=month, day_of_week=day_of_week,
-                           timezone=timezone, jitter=jitter)
+        return CronTrigger(**cron_fields(schedule.cron), timezone=timezone, jitter=jitter)
     return IntervalTrigger(seconds=schedule.interval.total_seconds(), timezone=timezone, jitter=jitter)
 
 
@@ -167,12 +168,12 @@ class Daemon:
         with self.children_lock:
             running = list(self.children.values())
         for child in running:
-            kill_group(child.pid, signal.SIGTERM)
+            _signal(child.pid, signal.SIGTERM)  # the job removes its sandbox and records why it stopped
         for child in running:
             try:
                 child.wait(STOP_GRACE_SECONDS)
             except subprocess.TimeoutExpired:
-                kill_group(child.pid, signal.SIGKILL)
+                kill_session(child.pid)
         self.scheduler.shutdown(wait=True)
         if self.metrics_server is not None:
             self.metrics_server.shutdown()
@@ -182,30 +183,46 @@ class Daemon:
 
     def _run_job(self, spec: JobSpec) -> None:
         """Run a job as a child process with a deadline; record an error if it produced
-        no result (killed, crashed)."""
+        no result (killed, crashed, or could not even start)."""
         if self.stopping.is_set():
             return
+        started = utcnow()
+        try:
+            code = self._run_child(spec)
+        except Exception as exc:  # the scheduler thread must survive whatever happened
+            log.exception("%s: could not run", spec.id)
+            self._record_error(spec, started, f"job could not run: {type(exc).__name__}: {exc}")
+            return
+        if code is not None:
+            log.info("%s: finished (exit %s)", spec.id, code)
+
+    def _run_child(self, spec: JobSpec) -> int | None:
         argv = [sys.executable, "-m", "drcheck", "--config", str(self.config_path), *spec.args]
         if spec.args[0] in ("probe", "restore-test"):
             argv += ["--timeout", str(int(spec.timeout)), "--json"]
         marker = self._marker(spec)
         log.info("%s: starting", spec.id)
+        # Its own session: on a hard timeout every process the job started (restic, ssh)
+        # is found by session id and killed.
         child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True)
         with self.children_lock:
             self.children[spec.id] = child
+            if self.stopping.is_set():  # SIGTERM arrived while we were starting it
+                _signal(child.pid, signal.SIGTERM)
         try:
             code = child.wait(spec.timeout + STOP_GRACE_SECONDS)
         except subprocess.TimeoutExpired:
-            kill_group(child.pid, signal.SIGKILL)
+            kill_session(child.pid)
             code = child.wait()
+            _wait_session_gone(child.pid)
             log.error("%s: killed after %.0fs (timeout %.0fs)", spec.id, spec.timeout + STOP_GRACE_SECONDS, spec.timeout)
         finally:
             with self.children_lock:
                 self.children.pop(spec.id, None)
         if self.stopping.is_set():
-            return
+            return None
         self._record_if_silent(spec, marker, code)
-        log.info("%s: finished (exit %s)", spec.id, code)
+        return code
 
     def _marker(self, spec: JobSpec) -> int:
         table = {"probe": "probe_runs", "restore-test": "restore_tests"}.get(spec.args[0])
@@ -215,31 +232,58 @@ class Daemon:
             return store.db.execute(f"SELECT COALESCE(MAX(id), 0) FROM {table}").fetchone()[0]
 
     def _record_if_silent(self, spec: JobSpec, marker: int, code: int) -> None:
-        kind = spec.args[0]
+        """Record an error for a probe or restore test that ended without recording a result."""
+        kind, name = spec.args[0], spec.args[1] if len(spec.args) > 1 else ""
         if kind not in ("probe", "restore-test"):
             return
         with open_store(self.loaded) as store:
             if kind == "restore-test":
-                if reap_orphans(self.loaded, store):
-                    return  # reaping recorded the interrupted test
-                recorded = store.db.execute("SELECT COUNT(*) FROM restore_tests WHERE id > ? AND test = ?",
-                                            [marker, spec.args[1]]).fetchone()[0]
-                if not recorded:
-                    test = self.loaded.config.restore_tests.get(spec.args[1])
-                    now = utcnow()
-                    store.record_restore_test(RestoreTestResult(
-                        test=spec.args[1], kind=test.kind if test else "unknown",
-                        system=test.system if test else "unknown", status=Status.ERROR,
-                        started_at=now, finished_at=now, probe=test.probe if test else None,
-                        reason=f"job ended without a result (exit {code}); see the agent log"))
-                return
-            action = "check" if "--check" in spec.args else "snapshots"
-            recorded = store.db.execute("SELECT COUNT(*) FROM probe_runs WHERE id > ? AND probe = ? AND action = ?",
-                                        [marker, spec.args[1], action]).fetchone()[0]
-            if not recorded:
-                probe = self.loaded.config.probes.get(spec.args[1])
-                now = utcnow()
-                store.record_probe(ProbeResult(
-                    probe=spec.args[1], kind=probe.kind if probe else "unknown", action=action,
-                    status=Status.ERROR, started_at=now, finished_at=now, copy=probe.copy if probe else None,
-                    reason=f"job ended without a result (exit {code}); see the agent log"))
+                reap_orphans(self.loaded, store)  # a run that died is recorded as interrupted here
+                sql, params = "SELECT COUNT(*) FROM restore_tests WHERE id > ? AND test = ?", [marker, name]
+            else:
+                sql = "SELECT COUNT(*) FROM probe_runs WHERE id > ? AND probe = ? AND action = ?"
+                params = [marker, name, _probe_action(spec)]
+            if not store.db.execute(sql, params).fetchone()[0]:
+                self._record_error(spec, utcnow(), f"job ended without a result (exit {code}); see the agent log",
+                                   store)
+
+    def _record_error(self, spec: JobSpec, started, reason: str, store=None) -> None:
+        """Record an error result for the probe or restore test a job was running."""
+        kind, name = spec.args[0], spec.args[1] if len(spec.args) > 1 else ""
+        if kind not in ("probe", "restore-test"):
+            return
+        now = utcnow()
+        if store is None:
+            with open_store(self.loaded) as opened:
+                return self._record_error(spec, started, reason, opened)
+        if kind == "restore-test":
+            test = self.loaded.config.restore_tests.get(name)
+            store.record_restore_test(RestoreTestResult(
+                test=name, kind=test.kind if test else "unknown", system=test.system if test else "unknown",
+                status=Status.ERROR, started_at=started, finished_at=now, probe=test.probe if test else None,
+                reason=reason))
+        else:
+            probe = self.loaded.config.probes.get(name)
+            store.record_probe(ProbeResult(
+                probe=name, kind=probe.kind if probe else "unknown", action=_probe_action(spec),
+                status=Status.ERROR, started_at=started, finished_at=now,
+                copy=probe.copy if probe else None, reason=reason))
+
+
+def _probe_action(spec: JobSpec) -> str:
+    return "check" if "--check" in spec.args else "snapshots"
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _wait_session_gone(sid: int, limit: float = 10.0) -> None:
+    """Wait briefly until no process of a killed session remains, so nothing still writes
+    into a sandbox that is about to be reaped."""
+    deadline = time.monotonic() + limit
+    while session_members(sid) and time.monotonic() < deadline:
+        time.sleep(0.05)

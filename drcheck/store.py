@@ -14,10 +14,11 @@ import json
 import logging
 import os
 import socket
+from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import sqlite_utils
 from sqlite_utils.migrations import Migrations
@@ -126,13 +127,20 @@ class Store:
         new database at once neither race nor fail on a stale read."""
         if not migrations.pending(self.db):
             return
+        with self.write_lock():
+            migrations.apply(self.db)  # re-reads what is pending, now under the lock
+
+    @contextmanager
+    def write_lock(self) -> Iterator[None]:
+        """A transaction that holds SQLite's write lock from its start, for read-then-write
+        decisions that other processes must not interleave with."""
         self.db.conn.execute("BEGIN IMMEDIATE")
         try:
-            migrations.apply(self.db)  # re-reads what is pending, now under the lock
-            self.db.conn.execute("COMMIT")
+            yield
         except BaseException:
             self.db.conn.execute("ROLLBACK")
             raise
+        self.db.conn.execute("COMMIT")
 
     def close(self) -> None:
         self.db.close()
@@ -203,23 +211,35 @@ class Store:
             {"test": test, "system": system, "path": path, "token": token, "written_at": ts(written_at)}
         )
 
-    def canary_planted_at(self, token: str) -> datetime | None:
-        """Return when drcheck planted the canary with this token, or None if it never did."""
-        row = self.db.execute("SELECT written_at FROM canaries WHERE token = ?", [token]).fetchone()
-        return parse_ts(row[0]) if row else None
+    def planted_canary(self, token: str) -> dict[str, Any] | None:
+        """Return the record of the canary drcheck planted with this token (system, test,
+        path, written_at as an aware datetime), or None if it never planted one."""
+        rows = self.query("SELECT system, test, path, written_at FROM canaries WHERE token = ?", [token])
+        if not rows:
+            return None
+        rows[0]["written_at"] = parse_ts(rows[0]["written_at"])
+        return rows[0]
 
     # -- sandbox leases -----------------------------------------------------------------
 
     def take_lease(self, test: str, path: Path) -> int:
         """Record that `test` is about to create `path`; return the lease id. Committed
-        before the sandbox exists, so a crash leaves a lease that names the leftovers."""
-        pid = os.getpid()
-        return self.db["sandbox_leases"].insert(
-            {
-                "test": test, "path": str(path), "pid": pid, "pid_started": process_start(pid),
-                "host": socket.gethostname(), "created_at": ts(utcnow()),
-            }
-        ).last_pk
+        before the sandbox exists, so a crash leaves a lease that names the leftovers.
+        Raise LeaseConflict when a live run (of any process on this host) holds `path`."""
+        pid, host = os.getpid(), socket.gethostname()
+        with self.write_lock():
+            for row in self.query("SELECT * FROM sandbox_leases WHERE released_at IS NULL AND path = ?", [str(path)]):
+                if row["host"] != host or owner_alive(row["pid"], row["pid_started"]):
+                    raise LeaseConflict(f"{path} is in use by {row['test']} (pid {row['pid']} on {row['host']})")
+                # A dead run's lease on this very path: ours replaces it, so no reaper
+                # deletes the path under us later (leftover data is refused by the caller).
+                self.release_lease(row["id"], "superseded by a new run on the same path")
+            return self.db["sandbox_leases"].insert(
+                {
+                    "test": test, "path": str(path), "pid": pid, "pid_started": process_start(pid),
+                    "host": host, "created_at": ts(utcnow()),
+                }
+            ).last_pk
 
     def release_lease(self, lease_id: int, note: str = "cleaned up") -> None:
         self.db["sandbox_leases"].update(lease_id, {"released_at": ts(utcnow()), "release_note": note})
@@ -230,10 +250,7 @@ class Store:
         rows = self.db.execute_returning_dicts(
             "SELECT * FROM sandbox_leases WHERE released_at IS NULL ORDER BY id"
         )
-        return [
-            r for r in rows
-            if r["host"] == host and process_start(r["pid"]) != r["pid_started"]
-        ]
+        return [r for r in rows if r["host"] == host and not owner_alive(r["pid"], r["pid_started"])]
 
     # -- reads ------------------------------------------------------------------------
 
@@ -306,15 +323,38 @@ class Store:
         )
 
 
-def process_start(pid: int) -> str | None:
-    """Return an identifier of when process `pid` started (None if it does not exist), so
-    a recycled pid is not mistaken for the lease's owner."""
+class LeaseConflict(RuntimeError):
+    """Another live run holds a lease on the same sandbox path."""
+
+
+def _proc_stat(pid: int) -> list[bytes] | None:
     try:
         with open(f"/proc/{pid}/stat", "rb") as handle:
-            stat = handle.read()
+            return handle.read().rsplit(b")", 1)[1].split()
     except OSError:
         return None
-    fields = stat.rsplit(b")", 1)[1].split()
-    if fields[0] in (b"Z", b"X"):  # a zombie holds its pid but will never clean up
-        return None
-    return fields[19].decode()
+
+
+def process_start(pid: int) -> str | None:
+    """Return an identifier of when process `pid` started (None when unreadable), so a
+    recycled pid is not mistaken for a lease's owner."""
+    fields = _proc_stat(pid)
+    return fields[19].decode() if fields else None
+
+
+def owner_alive(pid: int, started: str | None) -> bool:
+    """True unless process `pid` is provably not the one that started at `started`: gone,
+    a zombie (it holds its pid but will never clean up), or a recycled pid. When /proc
+    hides other users' processes (hidepid), an existing pid counts as alive."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    fields = _proc_stat(pid)
+    if fields is None:
+        return True
+    if fields[0] in (b"Z", b"X"):
+        return False
+    return started is None or fields[19].decode() == started

@@ -54,10 +54,11 @@ def expected_paths(sandbox: Path, paths: Sequence[str]) -> CheckResult:
     return timed("expected_paths", body)
 
 
-def canary(sandbox: Path, snapshot_path: str, store: Store, started_at: datetime,
+def canary(sandbox: Path, snapshot_path: str, store: Store, system: str, started_at: datetime,
            max_age: timedelta) -> tuple[CheckResult, datetime | None]:
-    """The canary must be in the restore, planted by drcheck, and at most `max_age` old at
-    test start. Return the result and the canary's time (None when not usable)."""
+    """The canary must be in the restore, planted by drcheck for `system`, unaltered, and
+    at most `max_age` old at test start. Its time comes from the store, never from the
+    restored file. Return the result and that time (None when the canary is not usable)."""
     found: list[datetime] = []
 
     def body():
@@ -68,11 +69,16 @@ def canary(sandbox: Path, snapshot_path: str, store: Store, started_at: datetime
             planted = canaries.read(restored)
         except ValueError as exc:
             return Status.FAILED, f"{snapshot_path}: {exc}", {}
-        if store.canary_planted_at(planted.token) is None:
+        record = store.planted_canary(planted.token)
+        if record is None:
             return Status.FAILED, "canary token was not planted by this agent", {}
-        found.append(planted.written_at)
-        age = (started_at - planted.written_at).total_seconds()
-        details = {"written_at": planted.written_at.isoformat(), "age_seconds": age}
+        if record["system"] != system:
+            return Status.FAILED, f"canary was planted for {record['system']!r}, not {system!r}", {}
+        if planted.written_at != record["written_at"] or planted.system != system:
+            return Status.FAILED, "canary was altered after drcheck planted it", {}
+        found.append(record["written_at"])
+        age = (started_at - record["written_at"]).total_seconds()
+        details = {"written_at": record["written_at"].isoformat(), "age_seconds": age}
         verdict = f"canary written {format_duration(age)} before the test (limit {format_duration(max_age.total_seconds())})"
         if age > max_age.total_seconds():
             return Status.FAILED, f"stale {verdict}", details
@@ -146,8 +152,8 @@ class SpotCheckRun:
         """Compare the sample's restored copies with the live source."""
 
         def body():
-            if not self.eligible:
-                return (Status.FAILED,
+            if not self.eligible:  # cannot compare: an environment problem, not a bad backup
+                return (Status.ERROR,
                         f"none of {self.total} snapshot file(s) is unchanged at the live source under "
                         f"{self.source_root}; nothing to compare", {"eligible": 0})
             restored = regular_files(sandbox)
@@ -186,15 +192,21 @@ def spot_check(sandbox: Path, files: Sequence[SnapshotFile], config: SpotCheck,
         return run.result(sandbox)
 
 
+def command_name(check: CommandCheck) -> str:
+    return check.name or f"command: {' '.join(check.run)[:80]}"
+
+
 def command(sandbox: Path, data_root: Path, check: CommandCheck) -> CheckResult:
-    """Run a configured command against the restore; compare exit status and output."""
+    """Run a configured command against the restore; compare exit status and output.
+    `data_root` must already be known to lie inside the sandbox (see `contained`)."""
     argv = [arg.replace("{restore}", str(sandbox)).replace("{data}", str(data_root)) for arg in check.run]
-    name = check.name or f"command: {' '.join(check.run)[:80]}"
 
     def body():
         try:
             done = process.run(argv, timeout=check.timeout.total_seconds(), cwd=data_root if data_root.is_dir() else sandbox)
-        except (process.CommandTimeout, process.CommandNotFound) as exc:
+        except process.CommandNotFound as exc:
+            return Status.ERROR, f"cannot run the check: {exc}", {}
+        except process.CommandTimeout as exc:
             return Status.FAILED, str(exc), {}
         output = (done.stdout.strip() or done.stderr.strip())[-300:]
         details = {"exit": done.returncode, "output": output}
@@ -204,4 +216,4 @@ def command(sandbox: Path, data_root: Path, check: CommandCheck) -> CheckResult:
             return Status.FAILED, f"output does not match /{check.expect_output}/: {output}", details
         return Status.PASSED, f"exit {done.returncode}: {output[:120]}", details
 
-    return timed(name, body)
+    return timed(command_name(check), body)

@@ -22,8 +22,8 @@ from drcheck.config import FilesRestoreTest
 from drcheck.context import RunContext
 from drcheck.durations import format_duration
 from drcheck.probes import module_for
-from drcheck.results import RestoreTestResult, Status
-from drcheck.sandbox import SandboxRefused, sandbox
+from drcheck.results import CheckResult, RestoreTestResult, Status
+from drcheck.sandbox import SandboxRefused, contained, sandbox
 from drcheck.secrets import SecretUnavailable
 from drcheck.restore_tests import checks
 
@@ -117,7 +117,10 @@ def _newest_with_listing(ctx: RunContext, source, system: str, copy: str, includ
 def _verify(target: FilesRestoreTest, ctx: RunContext, dest: Path, spot_run, result: RestoreTestResult):
     runbook = ctx.loaded.runbooks[target.system]
     include = ctx.loaded.system_source_paths(target.probe, target.system)
-    data_root = dest.joinpath(*PurePosixPath(include[0]).parts[1:]) if len(include) == 1 else dest
+    try:  # the restored source path may itself be a symlink leading out of the sandbox
+        data_root, data_refused = (contained(dest, str(include[0])) if len(include) == 1 else dest), None
+    except SandboxRefused as exc:
+        data_root, data_refused = dest, exc
     result.rpo_seconds = (result.started_at - result.point_time).total_seconds()
     result.rpo_source = "restore_point"
     if target.expected_paths:
@@ -125,7 +128,7 @@ def _verify(target: FilesRestoreTest, ctx: RunContext, dest: Path, spot_run, res
     if target.canary is not None:
         max_age = target.canary.max_age or runbook.rpo
         check, canary_time = checks.canary(dest, source_path(ctx, target, target.canary.path),
-                                           ctx.store, result.started_at, max_age)
+                                           ctx.store, target.system, result.started_at, max_age)
         result.checks.append(check)
         if canary_time is not None:
             result.rpo_seconds = (result.started_at - canary_time).total_seconds()
@@ -133,24 +136,29 @@ def _verify(target: FilesRestoreTest, ctx: RunContext, dest: Path, spot_run, res
     if spot_run is not None:
         result.checks.append(spot_run.result(dest))
     for command in target.commands:
-        result.checks.append(checks.command(dest, data_root, command))
+        if data_refused is not None:
+            result.checks.append(CheckResult(checks.command_name(command), Status.FAILED, f"refused: {data_refused}", 0.0))
+        else:
+            result.checks.append(checks.command(dest, data_root, command))
     return result.checks
 
 
 def _judge(result: RestoreTestResult, verdicts) -> None:
-    failed = [c for c in verdicts if not c.status.good]
-    reasons = [f"{c.name}: {c.evidence}" for c in failed]
-    if not failed:
+    """FAILED when a check failed or a target was missed; ERROR when a check could not
+    run (and none failed); PASSED otherwise. RTO is measured only when every check passed."""
+    failed = [f"{c.name}: {c.evidence}" for c in verdicts if c.status is Status.FAILED]
+    errored = [f"{c.name}: {c.evidence}" for c in verdicts if c.status is Status.ERROR]
+    if not failed and not errored:
         result.rto_seconds = (result.restore_seconds or 0) + (result.verify_seconds or 0)
         if result.rto_target_seconds is not None and result.rto_seconds > result.rto_target_seconds:
-            reasons.append(f"measured RTO {format_duration(result.rto_seconds)} exceeds target "
-                           f"{format_duration(result.rto_target_seconds)}")
+            failed.append(f"measured RTO {format_duration(result.rto_seconds)} exceeds target "
+                          f"{format_duration(result.rto_target_seconds)}")
     if result.rpo_seconds is not None and result.rpo_target_seconds is not None \
             and result.rpo_seconds > result.rpo_target_seconds:
-        reasons.append(f"achieved RPO {format_duration(result.rpo_seconds)} ({result.rpo_source}) exceeds "
-                       f"target {format_duration(result.rpo_target_seconds)}")
-    result.status = Status.FAILED if reasons else Status.PASSED
-    result.reason = "; ".join(reasons)
+        failed.append(f"achieved RPO {format_duration(result.rpo_seconds)} ({result.rpo_source}) exceeds "
+                      f"target {format_duration(result.rpo_target_seconds)}")
+    result.status = Status.FAILED if failed else Status.ERROR if errored else Status.PASSED
+    result.reason = "; ".join(failed + errored)
 
 
 class _watch_progress:

@@ -1,4 +1,9 @@
-"""Run external programs with a timeout, killing their whole process group on expiry."""
+"""Run external programs with a timeout, killing their whole process group on expiry.
+
+Programs get a process group of their own (so a timeout kills restic and the ssh it may
+have started) but stay in the caller's session, so whoever supervises the caller (the
+agent, systemd) can kill everything it started with `kill_session`.
+"""
 
 from __future__ import annotations
 
@@ -47,7 +52,7 @@ def run(
     try:
         proc = subprocess.Popen(
             list(argv), stdout=out, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-            env=full_env, cwd=cwd, start_new_session=True,
+            env=full_env, cwd=cwd, process_group=0,
         )
     except (FileNotFoundError, PermissionError) as exc:
         raise CommandNotFound(f"{argv[0]}: {exc.strerror}") from None
@@ -77,3 +82,29 @@ def kill_group(pid: int, sig: int = signal.SIGKILL) -> None:
         os.killpg(pid, sig)
     except ProcessLookupError:
         pass
+
+
+def session_members(sid: int) -> list[int]:
+    """Return the pids of every process in session `sid` (Linux /proc)."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as handle:
+                fields = handle.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid and fields[0] not in (b"Z", b"X"):
+            members.append(int(entry))
+    return members
+
+
+def kill_session(sid: int, sig: int = signal.SIGKILL) -> None:
+    """Send `sig` to every process of session `sid`: a job and every program it started,
+    whatever process groups they formed."""
+    for pid in session_members(sid):
+        try:
+            os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from drcheck.clients.process import kill_session, session_members
+
 from .conftest import SLOW_RESTORE, utc, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -123,6 +125,7 @@ def test_failing_and_hanging_jobs_do_not_stop_the_agent(lab, agent):
     assert a.alive()
     hung_pids = [int(p) for p in Path(f"{hang}.pids").read_text().split()]
     wait_for(lambda: not any(_pid_alive(p) for p in hung_pids[:-1]), what="timed-out restic calls to be killed")
+    assert not [p for p in hung_pids[:-1] if session_members(p)]
     assert a.stop() == 0
 
 
@@ -164,8 +167,8 @@ def test_sigkill_mid_restore_loses_nothing_and_next_start_reaps(lab, agent):
     wait_for(lambda: count(lab, "SELECT COUNT(*) AS n FROM probe_runs") >= 2, what="committed probe results")
     committed = lab.rows("SELECT * FROM probe_runs ORDER BY id")
 
-    os.killpg(lease["pid"], signal.SIGKILL)  # the job's process group: drcheck child + restic
-    a.proc.kill()                           # and the agent: nothing gets to clean up
+    kill_session(lease["pid"])  # the job and every program it started, as systemd's kill would
+    a.proc.kill()               # and the agent: nothing gets to clean up
     a.proc.wait()
     wait_for(lambda: not _pid_alive(lease["pid"]), what="the killed job to be gone")
 

@@ -336,3 +336,61 @@ def test_cli_json_and_exit_codes(lab):
     assert failed.returncode == 1
     assert "failed" in failed.stdout
     assert lab.cli("restore-test", "nope").returncode == 1
+
+
+def test_restored_source_path_that_is_a_symlink_out_is_refused(lab):
+    real = lab.source.with_name("app-real")
+    lab.source.rename(real)
+    lab.source.symlink_to(real)  # restic stores the link itself; restored, it points at live data
+    lab.backup()
+
+    result = lab.restore_test()
+
+    command = next(c for c in result.checks if c.name == "db integrity")
+    assert command.status is Status.FAILED and command.evidence.startswith("refused:")
+    assert result.status is Status.FAILED
+    assert lab.sandbox_entries() == []
+
+
+def test_canary_edited_to_look_fresh_is_rejected(lab):
+    lab.plant_canary(at=utc(days=3))
+    path = lab.source / ".drcheck-canary"
+    data = json.loads(path.read_text())
+    data["written_at"] = utc(minutes=2).isoformat()  # same token, fresher time
+    path.write_text(json.dumps(data))
+    lab.backup()
+
+    result = lab.restore_test()
+
+    canary = next(c for c in result.checks if c.name == "canary")
+    assert canary.status is Status.FAILED and "altered" in canary.evidence
+    assert result.rpo_source == "restore_point"
+
+
+def test_canary_of_another_system_is_rejected(lab):
+    from drcheck import canary as canaries
+    from drcheck.store import Store
+
+    with Store(lab.database) as store:
+        canaries.plant(store, "other-files", "payroll", lab.source / ".drcheck-canary", utc(minutes=3))
+    lab.backup()
+
+    canary = next(c for c in lab.restore_test().checks if c.name == "canary")
+    assert canary.status is Status.FAILED and "planted for 'payroll'" in canary.evidence
+
+
+def test_checks_that_cannot_run_make_an_error_not_a_failure(lab):
+    healthy(lab)
+    empty = lab.root / "not-mounted"
+    empty.mkdir()
+    lab.configure(restore_tests={"app-files": {
+        "spot_check": {"files": 5, "source_root": str(empty)},
+        "commands": [{"name": "tool", "run": [str(lab.root / "no-such-tool")]}]}})
+
+    result = lab.restore_test()
+
+    by_name = {c.name: c for c in result.checks}
+    assert by_name["spot_check"].status is Status.ERROR and "nothing to compare" in by_name["spot_check"].evidence
+    assert by_name["tool"].status is Status.ERROR and "cannot run the check" in by_name["tool"].evidence
+    assert result.status is Status.ERROR
+    assert result.rto_seconds is None

@@ -503,8 +503,8 @@ def test_runbooks_dir_that_is_not_a_directory(builders, errors_for, config_dir):
     "cron, message",
     [
         ("61 * * * *", "not a valid 5-field crontab expression: Error validating expression '61'"),
-        ("0 7 * * 1 2026", "not a valid 5-field crontab expression: Wrong number of fields; got 6, expected 5"),
-        ("every monday", "not a valid 5-field crontab expression: Wrong number of fields; got 2, expected 5"),
+        ("0 7 * * 1 2026", "not a valid 5-field crontab expression: expected 5 fields (minute hour day month day-of-week), got 6"),
+        ("every monday", "not a valid 5-field crontab expression: expected 5 fields (minute hour day month day-of-week), got 2"),
         ("*/0 * * * *", "not a valid 5-field crontab expression: Increment must be higher than 0"),
     ],
 )

@@ -54,3 +54,38 @@ def test_check_entry_refuses(entry):
 def test_check_entry_accepts_ordinary_names():
     check_entry("/srv/app/..hidden..file")
     check_entry("/srv/app/x..y")
+
+
+def test_a_fixed_target_is_never_shared_by_two_live_runs(tmp_path):
+    from drcheck.sandbox import sandbox
+    from drcheck.store import Store
+
+    root = tmp_path / "sandbox"
+    target = root / "fixed"
+    with Store(tmp_path / "db.sqlite") as store:
+        with sandbox(store, root, "first", target) as first:
+            (first / "restoring").write_text("data")
+            with pytest.raises(SandboxRefused, match="in use by first"):
+                with sandbox(store, root, "second", target):
+                    pass
+            assert (first / "restoring").exists()  # the refused run removed nothing
+        assert not target.exists()
+        leases = store.query("SELECT test, released_at FROM sandbox_leases ORDER BY id")
+    assert [row["test"] for row in leases] == ["first"] and leases[0]["released_at"]
+
+
+def test_lease_of_a_dead_owner_is_superseded_not_reaped_later(tmp_path):
+    from drcheck.sandbox import reap, sandbox
+    from drcheck.store import Store
+
+    root = tmp_path / "sandbox"
+    target = root / "fixed"
+    with Store(tmp_path / "db.sqlite") as store:
+        dead = store.take_lease("crashed", target)
+        store.db["sandbox_leases"].update(dead, {"pid": 2**22 + 7})  # a pid that does not exist
+        with sandbox(store, root, "next", target) as path:
+            (path / "f").write_text("x")
+            assert reap(store, root) == []  # the superseded lease is not reaped under us
+            assert (path / "f").exists()
+        rows = store.query("SELECT release_note FROM sandbox_leases ORDER BY id")
+    assert rows[0]["release_note"].startswith("superseded")
