@@ -108,6 +108,20 @@ def m001_initial(db: sqlite_utils.Database) -> None:
     db["sandbox_leases"].create_index(["released_at"])
 
 
+RESULT_TABLES = ("probe_runs", "restore_points", "findings", "restore_tests", "check_results", "canaries")
+
+
+@migrations()
+def m002_results_are_append_only(db: sqlite_utils.Database) -> None:
+    # Evidence for auditors: once recorded, a result can be neither changed nor removed.
+    for table in RESULT_TABLES:
+        for action in ("UPDATE", "DELETE"):
+            db.execute(
+                f"CREATE TRIGGER {table}_no_{action.lower()} BEFORE {action} ON {table} "
+                f"BEGIN SELECT RAISE(ABORT, '{table} is append-only'); END"
+            )
+
+
 class Store:
     """Append-only access to the drcheck database at `path` (created and migrated on open)."""
 
@@ -157,7 +171,7 @@ class Store:
         """Insert a probe run with its restore points and findings in one transaction;
         return the probe run id."""
         now = ts(utcnow())
-        with self.db.atomic():
+        with self.write_lock():
             run_id = self.db["probe_runs"].insert(
                 {
                     "probe": result.probe, "kind": result.kind, "action": result.action,
@@ -194,7 +208,7 @@ class Store:
             row[key] = ts(getattr(result, key))
         row["status"] = result.status.value
         row["agent"] = self.agent
-        with self.db.atomic():
+        with self.write_lock():
             test_id = self.db["restore_tests"].insert(row).last_pk
             self.db["check_results"].insert_all(
                 {
