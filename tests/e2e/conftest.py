@@ -52,10 +52,12 @@ def deep_merge(base: dict, extra: dict) -> dict:
 class ResticLab:
     """Source tree for system "app" at `source`, a repository and a config in `root`."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, repository: str | None = None, env: dict[str, str] | None = None):
         self.root = root
         self.source = root / "live" / "app"
         self.repo = root / "repo"
+        self.repository = repository or str(self.repo)  # a path, or a URL such as s3:http://…
+        self.env = env or {}
         self.password_file = root / "restic-password"
         self.password_file.write_text("correct horse battery staple\n")
         self.password_file.chmod(0o600)
@@ -90,7 +92,8 @@ class ResticLab:
     # -- restic -------------------------------------------------------------------------
 
     def restic(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        env = {**os.environ, "RESTIC_REPOSITORY": str(self.repo), "RESTIC_PASSWORD_FILE": str(self.password_file),
+        env = {**os.environ, **self.env, "RESTIC_REPOSITORY": self.repository,
+               "RESTIC_PASSWORD_FILE": str(self.password_file),
                "RESTIC_CACHE_DIR": str(self.root / "cache"), "TZ": "UTC"}
         return subprocess.run([RESTIC, *args], env=env, capture_output=True, text=True, check=check, timeout=300)
 
@@ -129,7 +132,7 @@ class ResticLab:
             "sites": {"office": {"description": "server room"}},
             "copies": {"local": {"site": "office"}},
             "probes": {"repo": {
-                "kind": "restic", "copy": "local", "repository": str(self.repo),
+                "kind": "restic", "copy": "local", "repository": self.repository,
                 "password": {"file": str(self.password_file)}, "restic_command": RESTIC or "restic",
                 "timeout": "2m", "check": {"read_data_subset": "100%"},
                 "systems": [{"system": "app", "paths": [str(self.source)]}],
