@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 import sys
 from pathlib import Path
 
@@ -33,9 +34,13 @@ def styled(status: str) -> str:
 
 
 class State:
-    def __init__(self, config_path: str | None):
+    def __init__(self, config_path: str | None, config_on_stdin: bool = False):
         self.config_path = config_path
         self._loaded: LoadedConfig | None = None
+        if config_on_stdin:
+            # A job started by the agent runs the agent's validated configuration, never
+            # whatever the file on disk says now (edits apply on SIGHUP, not half-way).
+            self._loaded = pickle.load(sys.stdin.buffer)
 
     def loaded(self) -> LoadedConfig:
         if self._loaded is None:
@@ -61,14 +66,15 @@ pass_state = click.make_pass_decorator(State)
 @click.option("--config", "-c", "config_path", metavar="PATH", envvar="DRCHECK_CONFIG",
               help="drcheck.toml (default: $DRCHECK_CONFIG, ./drcheck.toml, /etc/drcheck/drcheck.toml)")
 @click.option("--verbose", "-v", count=True, help="more log output (-vv for debug)")
+@click.option("--config-on-stdin", is_flag=True, hidden=True, help="read the agent's loaded configuration from stdin")
 @click.version_option(__version__, prog_name="drcheck")
 @click.pass_context
-def cli(ctx: click.Context, config_path: str | None, verbose: int) -> None:
+def cli(ctx: click.Context, config_path: str | None, verbose: int, config_on_stdin: bool) -> None:
     """drcheck proves your backups restore: it probes backup repositories, test-restores
     into a sandbox, verifies what came back and measures RTO and RPO."""
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    ctx.obj = State(config_path)
+    ctx.obj = State(config_path, config_on_stdin)
 
 
 @cli.group()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -132,8 +133,13 @@ class Daemon:
                 log.error("reload refused: %s", message)
             log.error("configuration not reloaded (%d problem(s)); still running the previous one", len(exc.errors))
             return
-        if loaded.config.metrics != self.loaded.config.metrics:
-            log.warning("metrics settings changed; they take effect at the next restart")
+        old, new = self.loaded.config, loaded.config
+        if new.agent.state_dir != old.agent.state_dir:
+            log.error("configuration not reloaded: agent.state_dir changed (the database would move under "
+                      "running jobs and metrics); restart the agent instead")
+            return
+        if new.metrics != old.metrics or new.agent.max_parallel_jobs != old.agent.max_parallel_jobs:
+            log.warning("metrics and agent.max_parallel_jobs changes take effect at the next restart")
         self.loaded = loaded
         self.scheduler.remove_all_jobs()
         self._schedule_all()
@@ -197,14 +203,19 @@ class Daemon:
             log.info("%s: finished (exit %s)", spec.id, code)
 
     def _run_child(self, spec: JobSpec) -> int | None:
-        argv = [sys.executable, "-m", "drcheck", "--config", str(self.config_path), *spec.args]
+        argv = [sys.executable, "-m", "drcheck", "--config", str(self.config_path), "--config-on-stdin", *spec.args]
         if spec.args[0] in ("probe", "restore-test"):
             argv += ["--timeout", str(int(spec.timeout)), "--json"]
         marker = self._marker(spec)
         log.info("%s: starting", spec.id)
         # Its own session: on a hard timeout every process the job started (restic, ssh)
         # is found by session id and killed.
-        child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True)
+        child = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, start_new_session=True)
+        try:
+            child.stdin.write(pickle.dumps(self.loaded))  # the config this agent runs, not the file
+            child.stdin.close()
+        except BrokenPipeError:
+            pass  # the child died at once; its exit status says so below
         with self.children_lock:
             self.children[spec.id] = child
             if self.stopping.is_set():  # SIGTERM arrived while we were starting it

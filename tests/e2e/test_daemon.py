@@ -147,6 +147,10 @@ def test_sighup_reloads_config_and_refuses_a_broken_one(lab, agent):
     a.proc.send_signal(signal.SIGHUP)
     wait_for(lambda: "configuration not reloaded" in a.text(), what="the refused reload")
     assert "agent_typo: unknown key" in a.text()
+    lab.configure(agent={"state_dir": "elsewhere"}, probes={"repo": {"schedule": {"interval": "1s"}}})
+    a.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: "agent.state_dir changed" in a.text(), what="the refused state_dir change")
+    assert not (lab.root / "elsewhere").exists()
     runs = count(lab, "SELECT COUNT(*) AS n FROM probe_runs WHERE probe = 'second'")
     wait_for(lambda: count(lab, "SELECT COUNT(*) AS n FROM probe_runs WHERE probe = 'second'") > runs,
              what="the previous configuration to keep running")
