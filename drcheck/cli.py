@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import pickle
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -258,14 +259,13 @@ def run(state: State) -> None:
 
 
 @cli.command()
-@click.option("--lab", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="where to build the lab (default: next to the config, var/lab)")
 @pass_state
-def demo(state: State, lab: Path | None) -> None:
-    """Build the local demo lab and run one full verification cycle on it."""
+def demo(state: State) -> None:
+    """Build the demo lab (var/lab beside the embedded drcheck.toml) and run one full
+    verification cycle on it. Refuses any configuration whose data lies elsewhere."""
     from drcheck.demo import run_demo
 
-    sys.exit(run_demo(state, lab))
+    sys.exit(run_demo(state))
 
 
 def _require(name: str, known: dict, what: str) -> None:
@@ -354,6 +354,13 @@ def main() -> None:
 
     try:
         cli(prog_name="drcheck")
+    except OSError as exc:  # an unwritable state_dir or output directory, a full disk
+        where = f"{exc.filename}: " if exc.filename else ""
+        err.print(f"drcheck: {where}{exc.strerror or exc}", markup=False)
+        sys.exit(1)
+    except sqlite3.Error as exc:
+        err.print(f"drcheck: database error: {exc}", markup=False)
+        sys.exit(1)
     except Interrupted as exc:
         err.print(f"[yellow]{exc}[/]; the result was recorded and the sandbox removed")
         sys.exit(124 if "timed out" in str(exc) else 143)

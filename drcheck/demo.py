@@ -19,10 +19,12 @@ import sqlite3
 from datetime import timedelta
 from pathlib import Path
 
+from rich.markup import escape
+
 from drcheck.clients import process
 from drcheck.config_loader import LoadedConfig
 from drcheck.durations import format_duration
-from drcheck.results import utcnow
+from drcheck.results import Status, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -48,27 +50,54 @@ def make_sample_data(root: Path, system: str, generation: int, rng: random.Rando
     (root / "shared" / f"scan-{generation}.bin").write_bytes(rng.randbytes(256 * 1024))
 
 
+LAB_MARKER = ".drcheck-demo-lab"
+
+
+def lab_root(loaded: LoadedConfig) -> Path:
+    """The only directory the demo may create or delete anything in: var/lab beside the config."""
+    return loaded.base_dir / "var" / "lab"
+
+
+def check_demo_config(loaded: LoadedConfig) -> Path:
+    """Refuse (SystemExit) unless every repository, password file and source path the demo
+    would (re)create lies inside the lab directory, and that directory is a demo lab or
+    new. `drcheck demo` must never touch real data, whatever config it was pointed at."""
+    root = lab_root(loaded)
+    outside = []
+    for name, probe in loaded.config.probes.items():
+        owned = [Path(probe.repository)] if ":" not in probe.repository else []
+        owned += [probe.password.file] if probe.password.file else []
+        owned += [p for rule in probe.systems for p in rule.paths]
+        outside += [f"probes.{name}: {p}" for p in owned if root not in Path(p).parents]
+        if ":" in probe.repository or probe.password.file is None:
+            outside.append(f"probes.{name}: not a local restic repository with a password file")
+    if outside:
+        raise SystemExit("drcheck demo builds its lab only under " + str(root) + " and only from the demo "
+                         "configuration; refusing because of:\n  " + "\n  ".join(outside))
+    if root.exists() and any(root.iterdir()) and not (root / LAB_MARKER).exists():
+        raise SystemExit(f"drcheck demo: {root} exists and is not a demo lab; refusing to replace it")
+    return root
+
+
 def build_lab(loaded: LoadedConfig, say=print) -> None:
-    """Create sample sources, restic repositories and dated snapshots for the config."""
+    """Create sample sources, restic repositories and dated snapshots for the demo config
+    inside `lab_root` (checked first by check_demo_config)."""
     from drcheck.engine import open_store, plant_canary
 
+    root = check_demo_config(loaded)
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    (root / LAB_MARKER).write_text("built by `drcheck demo`; safe to delete\n")
     rng = random.Random(7)
     now = utcnow()
     with open_store(loaded) as store:
         for probe_name, probe in loaded.config.probes.items():
-            if probe.kind != "restic" or ":" in probe.repository:
-                continue
             repo = Path(probe.repository)
             password_file = probe.password.file
-            if password_file is None:
-                raise SystemExit(f"demo: probes.{probe_name}.password must be a file reference")
-            for rule in probe.systems:
-                for path in rule.paths:
-                    shutil.rmtree(path, ignore_errors=True)
-            shutil.rmtree(repo, ignore_errors=True)
             password_file.parent.mkdir(parents=True, exist_ok=True)
-            password_file.write_text(secrets.token_urlsafe(24) + "\n")
-            os.chmod(password_file, 0o600)
+            fd = os.open(password_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(secrets.token_urlsafe(24) + "\n")
             env = {"RESTIC_REPOSITORY": str(repo), "RESTIC_PASSWORD_FILE": str(password_file)}
             _restic(probe.restic_command, ["init"], env)
             say(f"  restic repository {repo}")
@@ -97,8 +126,9 @@ def _restic(command: str, args: list[str], env: dict[str, str]) -> None:
         raise SystemExit(f"demo: restic {args[0]} failed: {done.stderr.strip()[-400:]}")
 
 
-def run_demo(state, lab=None) -> int:
-    """Build the lab and run one cycle; return the exit status for the CLI."""
+def run_demo(state) -> int:
+    """Build the lab and run one cycle; return the exit status for the CLI: 0 when every
+    result is what the lab was built to produce (all good but the stale systems)."""
     from drcheck import cli
     from drcheck.engine import open_store, run_probe, run_restore_test
     from drcheck.metrics import write_textfile
@@ -110,11 +140,15 @@ def run_demo(state, lab=None) -> int:
     say("[bold]1. Building the demo lab[/]")
     build_lab(loaded, say)
     with open_store(loaded) as store:
+        unexpected: list[str] = []
         say("[bold]2. Probing repositories[/]")
         for name in loaded.config.probes:
             for action in ("snapshots", "check"):
                 result = run_probe(loaded, store, name, action)
-                say(f"  {name} {action}: {cli.styled(result.status.value)} {result.reason}")
+                say(f"  {name} {action}: {cli.styled(result.status.value)} {escape(result.reason)}")
+                if result.status is Status.ERROR or (result.status is Status.FAILED and
+                                                     {f.system for f in result.findings if f.system} - STALE_SYSTEMS):
+                    unexpected.append(f"{name} {action}: {result.reason}")
         say("[bold]3. Test restores[/]")
         for name in loaded.config.restore_tests:
             if cli.err.is_terminal:
@@ -124,7 +158,9 @@ def run_demo(state, lab=None) -> int:
                 result = run_restore_test(loaded, store, name)
             say(f"  {name}: {cli.styled(result.status.value)} "
                 f"(RTO {cli.format_duration(result.rto_seconds)}, RPO {cli.format_duration(result.rpo_seconds)})"
-                + (f" — {result.reason}" if result.reason else ""))
+                + (f" — {escape(result.reason)}" if result.reason else ""))
+            if not result.status.good and result.system not in STALE_SYSTEMS:
+                unexpected.append(f"{name}: {result.reason}")
         say("[bold]4. Status[/]")
         now = utcnow()
         cli.print_status_table(loaded, system_statuses(loaded, store, now))
@@ -136,4 +172,9 @@ def run_demo(state, lab=None) -> int:
     say(f"[bold]Database:[/] {loaded.database_path}")
     say("The payroll failure is on purpose: its backups stopped three days ago, and drcheck "
         "reports the missed RPO exactly as it would in production.")
+    if unexpected:
+        cli.err.print("[red]The demo did not go as built; unexpected results:[/]")
+        for line in unexpected:
+            cli.err.print(f"  {line}", markup=False)
+        return 1
     return 0

@@ -1,0 +1,78 @@
+"""`drcheck demo` on a copy of the embedded configuration, and its refusal to touch a
+configuration whose data lies outside the demo lab."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+import tomli_w
+
+from .conftest import RESTIC
+
+pytestmark = [pytest.mark.e2e, pytest.mark.skipif(RESTIC is None, reason="restic is not installed")]
+REPO = Path(__file__).resolve().parents[2]
+
+
+def copy_demo(tmp_path: Path) -> Path:
+    shutil.copy(REPO / "drcheck.toml", tmp_path / "drcheck.toml")
+    shutil.copytree(REPO / "runbooks", tmp_path / "runbooks")
+    return tmp_path / "drcheck.toml"
+
+
+def drcheck(config: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "drcheck", "--config", str(config), *args],
+                          capture_output=True, text=True, timeout=600, cwd=config.parent)
+
+
+def test_demo_runs_a_full_cycle_and_says_where_things_are(tmp_path):
+    config = copy_demo(tmp_path)
+
+    done = drcheck(config, "demo")
+
+    assert done.returncode == 0, done.stderr + done.stdout
+    reports = list((tmp_path / "var" / "drcheck" / "reports").glob("weekly-*.html"))
+    assert len(reports) == 1 and str(reports[0]) in done.stdout
+    metrics = (tmp_path / "var" / "drcheck" / "metrics.prom").read_text()
+    assert 'drcheck_restore_test_last_passed{system="sis",test="sis-files"} 1.0' in metrics
+    assert 'drcheck_restore_test_last_passed{system="payroll",test="payroll-files"} 0.0' in metrics
+    status = json.loads(drcheck(config, "status", "--json").stdout)
+    verdicts = {s["system"]: s["ok"] for s in status["systems"]}
+    assert verdicts == {"sis": True, "fileserver": True, "payroll": False}
+    assert list((tmp_path / "var" / "drcheck" / "sandbox").iterdir()) == []
+    # a second run rebuilds the lab in place
+    assert drcheck(config, "demo").returncode == 0
+
+
+def test_demo_refuses_a_config_whose_data_lies_outside_the_lab(tmp_path):
+    config = copy_demo(tmp_path)
+    precious = tmp_path / "srv" / "sis"
+    precious.mkdir(parents=True)
+    (precious / "grades.db").write_text("real data")
+    data = tomllib.loads(config.read_text())
+    data["probes"]["lab-restic"]["systems"][0]["paths"] = [str(precious)]
+    config.write_text(tomli_w.dumps(data))
+
+    done = drcheck(config, "demo")
+
+    assert done.returncode != 0
+    assert "refusing" in done.stderr and str(precious) in done.stderr
+    assert (precious / "grades.db").read_text() == "real data"
+    assert not (tmp_path / "var" / "lab").exists()
+
+
+def test_demo_will_not_replace_a_directory_it_did_not_build(tmp_path):
+    config = copy_demo(tmp_path)
+    lab = tmp_path / "var" / "lab"
+    lab.mkdir(parents=True)
+    (lab / "notes.txt").write_text("mine")
+
+    done = drcheck(config, "demo")
+
+    assert done.returncode != 0 and "not a demo lab" in done.stderr
+    assert (lab / "notes.txt").read_text() == "mine"
