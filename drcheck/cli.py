@@ -15,6 +15,7 @@ from pathlib import Path
 
 import click
 from rich import box
+from rich.markup import escape
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -89,7 +90,7 @@ def config_validate(state: State) -> None:
     """Validate drcheck.toml and the runbooks; print every problem with file and key."""
     loaded = state.loaded()
     cfg = loaded.config
-    out.print(f"[green]{loaded.path}: valid[/] — {len(loaded.runbooks)} system(s), "
+    out.print(f"[green]{escape(str(loaded.path))}: valid[/] — {len(loaded.runbooks)} system(s), "
               f"{len(cfg.probes)} probe(s), {len(cfg.restore_tests)} restore test(s)")
 
 
@@ -129,9 +130,9 @@ def probe(state: State, name: str, action: str | None, as_json: bool, timeout: f
         if result.newest:
             out.print(table)
         for f in result.findings:
-            out.print(f"[{'red' if f.severity.value == 'critical' else 'yellow'}]{f.severity.value}[/]: {f.message}")
+            out.print(f"[{'red' if f.severity.value == 'critical' else 'yellow'}]{f.severity.value}[/]: {escape(f.message)}")
         out.print(f"{name}: {styled(result.status.value)} in {result.duration_seconds:.1f}s"
-                  + (f" — {result.reason}" if result.reason else ""))
+                  + (f" — {escape(result.reason)}" if result.reason else ""))
     sys.exit(0 if result.status.good else 1)
 
 
@@ -178,7 +179,7 @@ def canary_plant(state: State, tests: tuple[str, ...]) -> None:
     with state.store() as store:
         for name in names:
             _require(name, loaded.config.restore_tests, "restore test")
-            out.print(f"{name}: canary written to {plant_canary(loaded, store, name)}")
+            out.print(f"{name}: canary written to {escape(str(plant_canary(loaded, store, name)))}")
 
 
 @cli.command()
@@ -219,7 +220,7 @@ def print_status_table(loaded: LoadedConfig, statuses) -> None:
     out.print(table)
     for s in statuses:
         if s.problems:
-            out.print(f"[bold red]{s.system}[/] ({s.name}, tier {s.tier}, owner {s.owner}):")
+            out.print(f"[bold red]{s.system}[/] ({escape(s.name)}, tier {s.tier}, owner {escape(s.owner)}):")
             for problem in s.problems:
                 out.print(f"  • {problem}", markup=False, highlight=False)
 
@@ -240,7 +241,7 @@ def report_weekly(state: State, output: Path | None) -> None:
     loaded = state.loaded()
     with state.store() as store:
         path = render_weekly(loaded, store, output or loaded.config.reports.output_dir, utcnow())
-    out.print(f"weekly report: {path}")
+    out.print(f"weekly report: {escape(str(path))}")
 
 
 @cli.command()
@@ -254,7 +255,7 @@ def run(state: State) -> None:
     try:
         sys.exit(Daemon(find_config(state.config_path)).serve())
     except AgentError as exc:
-        err.print(f"[red]drcheck: {exc}[/]")
+        err.print(f"drcheck: {exc}", markup=False, style="red")
         sys.exit(1)
 
 
@@ -271,7 +272,7 @@ def demo(state: State) -> None:
 def _require(name: str, known: dict, what: str) -> None:
     if name not in known:
         choices = ", ".join(sorted(known)) or "none configured"
-        err.print(f"[red]unknown {what} {name!r}[/] (configured: {choices})")
+        err.print(f"unknown {what} {name!r} (configured: {choices})", markup=False, style="red")
         sys.exit(1)
 
 
@@ -316,7 +317,7 @@ def _restore_json(result) -> dict:
 def _print_restore(loaded: LoadedConfig, result) -> None:
     table = Table("check", "result", "evidence", "time", title=f"restore test {result.test} ({result.system})")
     for c in result.checks:
-        table.add_row(c.name, styled(c.status.value), c.evidence, f"{c.duration_seconds:.2f}s")
+        table.add_row(escape(c.name), styled(c.status.value), escape(c.evidence), f"{c.duration_seconds:.2f}s")
     if result.checks:
         out.print(table)
     if result.point_time:
@@ -327,7 +328,7 @@ def _print_restore(loaded: LoadedConfig, result) -> None:
               f"RTO {format_duration(result.rto_seconds)} (target {format_duration(result.rto_target_seconds)}), "
               f"RPO {format_duration(result.rpo_seconds)} via {result.rpo_source or '—'} "
               f"(target {format_duration(result.rpo_target_seconds)})")
-    out.print(f"{result.test}: {styled(result.status.value)}" + (f" — {result.reason}" if result.reason else ""))
+    out.print(f"{result.test}: {styled(result.status.value)}" + (f" — {escape(result.reason)}" if result.reason else ""))
 
 
 class _ProgressView:
@@ -362,5 +363,5 @@ def main() -> None:
         err.print(f"drcheck: database error: {exc}", markup=False)
         sys.exit(1)
     except Interrupted as exc:
-        err.print(f"[yellow]{exc}[/]; the result was recorded and the sandbox removed")
+        err.print(f"{exc}; the result was recorded and the sandbox removed", markup=False, style="yellow")
         sys.exit(124 if "timed out" in str(exc) else 143)

@@ -394,3 +394,15 @@ def test_checks_that_cannot_run_make_an_error_not_a_failure(lab):
     assert by_name["tool"].status is Status.ERROR and "cannot run the check" in by_name["tool"].evidence
     assert result.status is Status.ERROR
     assert result.rto_seconds is None
+
+
+def test_cli_prints_names_with_brackets_literally(lab):
+    healthy(lab)
+    lab.configure(restore_tests={"app-files": {"expected_paths": ["Budget [draft].xlsx", "x[/y]"]}})
+
+    done = lab.cli("restore-test", "app-files")
+
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert "Budget [draft].xlsx: missing" in done.stdout
+    assert "x[/y]: missing" in done.stdout
