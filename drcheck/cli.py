@@ -207,11 +207,12 @@ def print_status_table(loaded: LoadedConfig, statuses) -> None:
                   "result", title="drcheck status", box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0))
     for column in table.columns:
         column.no_wrap = True
+    several_copies = len(loaded.config.copies) > 1
     for s in statuses:
-        points = "\n".join(format_duration(p.age_seconds) + ("" if p.within_rpo else " [red]✗[/]")
-                           for p in s.points) or "[red]none[/]"
+        points = "\n".join((f"{p.copy} " if several_copies else "") + format_duration(p.age_seconds)
+                           + ("" if p.within_rpo else " [red]✗[/]") for p in s.points) or "[red]none[/]"
         t = s.last_test
-        last = f"{styled(t.status)} [dim]{_local(loaded, t.started_at, '%a %H:%M')}[/]" if t else "[red]never[/]"
+        last = f"{styled(t.status)}\n[dim]{_local(loaded, t.started_at, '%m-%d %H:%M')}[/]" if t else "[red]never[/]"
         table.add_row(s.system, str(s.tier),
                       f"{format_duration(s.rto_target_seconds)} / {format_duration(s.rpo_target_seconds)}",
                       points, last, _vs(t.rto_seconds, s.rto_target_seconds) if t else "—",

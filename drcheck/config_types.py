@@ -145,6 +145,16 @@ class Schedule(Strict):
             raise ValueError(f"not a valid 5-field crontab expression: {exc}") from None
         return value
 
+    def trigger(self, timezone: str):
+        """Return the APScheduler trigger for this schedule in `timezone`."""
+        from apscheduler.triggers.cron import CronTrigger
+        from apscheduler.triggers.interval import IntervalTrigger
+
+        jitter = int(self.jitter.total_seconds()) if self.jitter else None
+        if self.cron:
+            return CronTrigger(**cron_fields(self.cron), timezone=timezone, jitter=jitter)
+        return IntervalTrigger(seconds=self.interval.total_seconds(), timezone=timezone, jitter=jitter)
+
     @model_validator(mode="after")
     def _exactly_one(self) -> "Schedule":
         if (self.cron is None) == (self.interval is None):

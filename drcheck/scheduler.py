@@ -24,12 +24,9 @@ from pathlib import Path
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
-from apscheduler.triggers.cron import CronTrigger
-from apscheduler.triggers.interval import IntervalTrigger
 
 from drcheck.clients.process import kill_session, session_members
 from drcheck.config import Schedule
-from drcheck.config_types import cron_fields
 from drcheck.config_loader import ConfigError, LoadedConfig, load
 from drcheck.engine import open_store, reap_orphans
 from drcheck.results import ProbeResult, RestoreTestResult, Status, utcnow
@@ -73,14 +70,6 @@ def job_specs(loaded: LoadedConfig) -> list[JobSpec]:
     if cfg.reports.weekly_schedule:
         specs.append(JobSpec("report:weekly", ("report", "weekly"), cfg.reports.weekly_schedule, default))
     return specs
-
-
-def trigger(schedule: Schedule, timezone: str):
-    """Return the APScheduler trigger for a Schedule."""
-    jitter = int(schedule.jitter.total_seconds()) if schedule.jitter else None
-    if schedule.cron:
-        return CronTrigger(**cron_fields(schedule.cron), timezone=timezone, jitter=jitter)
-    return IntervalTrigger(seconds=schedule.interval.total_seconds(), timezone=timezone, jitter=jitter)
 
 
 class Daemon:
@@ -148,7 +137,7 @@ class Daemon:
     def _schedule_all(self) -> None:
         zone = self.loaded.config.agent.timezone
         for spec in job_specs(self.loaded):
-            self.scheduler.add_job(self._run_job, trigger(spec.schedule, zone), args=[spec],
+            self.scheduler.add_job(self._run_job, spec.schedule.trigger(zone), args=[spec],
                                    id=spec.id, name=spec.id, replace_existing=True,
                                    next_run_time=utcnow() if spec.schedule.interval else None)
 

@@ -4,7 +4,7 @@ prints and what the weekly report shows. Pure reads; no system is contacted."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from drcheck.config_loader import LoadedConfig
@@ -82,45 +82,86 @@ def test_run(row: dict[str, Any]) -> TestRun:
 
 
 def system_statuses(loaded: LoadedConfig, store: Store, now: datetime) -> list[SystemStatus]:
-    """Return each runbook system's status, worst (most problems, then tier) first."""
+    """Return each runbook system's status, worst (problems, then tier) first.
+
+    Only what the current configuration defines is judged: a renamed or removed test or
+    probe keeps its history in the store but no longer decides a verdict.
+    """
+    cfg = loaded.config
+    probes_of = {system: [n for n, p in cfg.probes.items() if any(r.system == system for r in p.systems)]
+                 for system in loaded.runbooks}
+    tests_of = {system: [n for n, t in cfg.restore_tests.items() if t.system == system] for system in loaded.runbooks}
+    copy_of = {name: probe.copy for name, probe in cfg.probes.items()}
     points: dict[str, list[dict]] = {}
-    for row in store.latest_restore_points():
-        points.setdefault(row["system"], []).append(row)
-    latest_tests: dict[str, list[dict]] = {}
-    for row in store.latest_restore_tests():
-        latest_tests.setdefault(row["system"], []).append(row)
-    successes: dict[str, datetime] = {}
-    for row in store.last_successful_tests():
-        when = parse_ts(row["started_at"])
-        successes[row["system"]] = max(successes.get(row["system"], when), when)
-    tested = {t.system for t in loaded.config.restore_tests.values()}
+    for row in store.current_restore_points():
+        if row["probe"] in cfg.probes:
+            points.setdefault(row["system"], []).append(row)
+    runs = {(r["probe"], r["action"]): r for r in store.latest_probe_runs()}
+    latest = {(r["system"], r["test"]): test_run(r) for r in store.latest_restore_tests()}
+    successes = {(r["system"], r["test"]): parse_ts(r["started_at"]) for r in store.last_successful_tests()}
 
     statuses = []
     for system, rb in sorted(loaded.runbooks.items()):
         status = SystemStatus(
             system=system, name=rb.name, tier=rb.tier, owner=rb.owner,
             rto_target_seconds=rb.rto.total_seconds(), rpo_target_seconds=rb.rpo.total_seconds(),
-            mtd_seconds=rb.mtd.total_seconds(), last_success_at=successes.get(system),
+            mtd_seconds=rb.mtd.total_seconds(),
         )
-        for row in points.get(system, []):
-            when = parse_ts(row["point_time"])
-            age = (now - when).total_seconds()
-            status.points.append(CopyPoint(row["copy"], when, row["point_id"], age,
-                                           age <= status.rpo_target_seconds, row["point_count"]))
-            if age > status.rpo_target_seconds:
-                status.problems.append(f"newest restore point in {row['copy']} is {format_duration(age)} old "
-                                       f"(RPO {format_duration(status.rpo_target_seconds)})")
-        if not status.points:
-            status.problems.append("no restore point found in any copy")
-        runs = sorted((test_run(r) for r in latest_tests.get(system, [])), key=lambda t: t.started_at)
-        if runs:
-            status.last_test = runs[-1]
-            for run in runs:
-                if run.status != "passed":
-                    status.problems.append(f"restore test {run.test} {run.status}: {run.reason}")
-        elif system in tested:
-            status.problems.append("restore test configured but never run")
-        else:
-            status.problems.append("no restore test configured")
+        _judge_points(status, points.get(system, []), now)
+        for probe in probes_of[system]:
+            _judge_probe(status, probe, copy_of[probe], runs)
+        if not probes_of[system]:
+            status.problems.append("no probe watches its backups")
+        _judge_tests(status, loaded, tests_of[system], latest, now)
+        known = [successes[(system, t)] for t in tests_of[system] if (system, t) in successes]
+        status.last_success_at = max(known) if known else None
         statuses.append(status)
     return sorted(statuses, key=lambda s: (s.ok, s.tier, s.system))
+
+
+def _judge_points(status: SystemStatus, rows: list[dict], now: datetime) -> None:
+    for row in rows:
+        when = parse_ts(row["point_time"])
+        age = (now - when).total_seconds()
+        status.points.append(CopyPoint(row["copy"], when, row["point_id"], age,
+                                       age <= status.rpo_target_seconds, row["point_count"]))
+        if age > status.rpo_target_seconds:
+            status.problems.append(f"newest restore point in {row['copy']} is {format_duration(age)} old "
+                                   f"(RPO {format_duration(status.rpo_target_seconds)})")
+
+
+def _judge_probe(status: SystemStatus, probe: str, copy: str, runs: dict) -> None:
+    listing, check = runs.get((probe, "snapshots")), runs.get((probe, "check"))
+    if listing is None:
+        status.problems.append(f"probe {probe} has not run yet")
+    elif listing["status"] == "error":
+        status.problems.append(f"probe {probe} could not list restore points: {listing['reason']}")
+    elif not any(p.copy == copy for p in status.points):
+        status.problems.append(f"no restore point in {copy}")
+    if check is not None and check["status"] != "ok":
+        status.problems.append(f"repository check of {probe} {check['status']}: {check['reason']}")
+
+
+def _judge_tests(status: SystemStatus, loaded: LoadedConfig, tests: list[str], latest: dict, now: datetime) -> None:
+    if not tests:
+        status.problems.append("no restore test configured")
+        return
+    cfg = loaded.config
+    for name in tests:
+        run = latest.get((status.system, name))
+        if run is None:
+            status.problems.append(f"restore test {name} has never run")
+            continue
+        if status.last_test is None or run.started_at > status.last_test.started_at:
+            status.last_test = run
+        if run.status != "passed":
+            status.problems.append(f"restore test {name} {run.status}: {run.reason}")
+        test = cfg.restore_tests[name]
+        if test.schedule is not None:
+            # the run after this one; fire times are inclusive, so step past the start
+            expected = test.schedule.trigger(cfg.agent.timezone).get_next_fire_time(
+                None, run.started_at + timedelta(seconds=1))
+            allowance = (test.timeout or cfg.agent.job_timeout) + cfg.agent.misfire_grace
+            if expected is not None and now > expected + allowance:
+                status.problems.append(f"restore test {name} is overdue: last ran "
+                                       f"{format_duration((now - run.started_at).total_seconds())} ago")

@@ -108,6 +108,10 @@ def m001_initial(db: sqlite_utils.Database) -> None:
     db["sandbox_leases"].create_index(["released_at"])
 
 
+CURRENT_POINTS = """SELECT rp.* FROM restore_points rp
+JOIN (SELECT MAX(id) AS id FROM probe_runs WHERE action = 'snapshots' AND status != 'error' GROUP BY probe) run
+ON rp.probe_run_id = run.id"""
+
 RESULT_TABLES = ("probe_runs", "restore_points", "findings", "restore_tests", "check_results", "canaries")
 
 
@@ -271,13 +275,11 @@ class Store:
     def query(self, sql: str, params: Iterable[Any] = ()) -> list[dict[str, Any]]:
         return self.db.execute_returning_dicts(sql, list(params))
 
-    def latest_restore_points(self) -> list[dict[str, Any]]:
-        """Newest restore point per (system, copy) as last reported by a probe."""
-        return self.query(
-            """SELECT rp.* FROM restore_points rp
-               JOIN (SELECT MAX(id) AS id FROM restore_points GROUP BY system, copy) newest
-               ON rp.id = newest.id ORDER BY rp.system, rp.copy"""
-        )
+    def current_restore_points(self) -> list[dict[str, Any]]:
+        """The restore points each probe's latest successful listing reported (one per
+        system it maps). A system the probe no longer finds has none; a probe that is
+        failing to connect keeps its last known points, ageing."""
+        return self.query(CURRENT_POINTS + " ORDER BY rp.system, rp.copy")
 
     def latest_point_id(self, system: str, copy: str) -> str | None:
         """The id of the newest restore point a probe last reported for (system, copy)."""

@@ -186,12 +186,13 @@ def week(loaded, store, record, tmp_path) -> Week:
         "sis", "error", NOW - 3 * D, took=timedelta(seconds=3), checks=[],
         reason="restic: Fatal: wrong password or no key found")
     ids["payroll_failed"] = record.test(
-        "payroll", "failed", NOW - 20 * H, rpo=30 * H, took=40 * timedelta(minutes=1),
+        "payroll", "failed", NOW - 6 * H, rpo=30 * H, took=40 * timedelta(minutes=1),
         reason=f"payroll.db integrity: {PAYROLL_EVIDENCE}; achieved RPO 1d 6h (restore_point) exceeds target 1d",
         checks=[("expected paths", "passed", "db/payroll.db present"),
                 ("payroll.db integrity", "failed", PAYROLL_EVIDENCE)])
     record.probe({}, at=NOW - 12 * H, action="check")
-    ids["sis_passed"] = record.test("sis", "passed", NOW - 1 * D, rto=4 * H, rpo=6 * H)
+    # at the daily 01:30 of sis-files, so neither test is overdue at NOW
+    ids["sis_passed"] = record.test("sis", "passed", NOW - 6.5 * H, rto=4 * H, rpo=6 * H)
     ids["fileserver_passed"] = record.test("fileserver", "passed", NOW - 2 * H, rto=1.5 * H, rpo=14 * H)
     record.probe({"sis": NOW - 3 * H, "fileserver": NOW - 16 * H, "payroll": NOW - 50 * H},
                  at=NOW - 10 * timedelta(minutes=1))
@@ -263,13 +264,13 @@ def test_each_system_appears_with_tier_targets_and_latest_measurements(week):
 
     payroll = week.report.system_row("payroll")
     assert payroll[S_POINTS].text() == "lab-restic: 2d 2h old" and verdict(payroll[S_POINTS]) == "over"
-    assert payroll[S_LAST].text() == "failed Tue 03-12 12:00"
+    assert payroll[S_LAST].text() == "failed Wed 03-13 02:00"
     assert (payroll[S_RTO].text(), verdict(payroll[S_RTO])) == ("—", None)
     assert (payroll[S_RPO].text(), verdict(payroll[S_RPO])) == ("1d 6h", "over")
 
     sis = week.report.system_row("sis")
     assert sis[S_POINTS].text() == "lab-restic: 3h old" and verdict(sis[S_POINTS]) == "within"
-    assert sis[S_LAST].text() == "passed Tue 03-12 08:00"  # the error earlier in the week was superseded
+    assert sis[S_LAST].text() == "passed Wed 03-13 01:30"  # the error earlier in the week was superseded
     assert (sis[S_RTO].text(), verdict(sis[S_RTO])) == ("4h", "within")
     assert (sis[S_RPO].text(), verdict(sis[S_RPO])) == ("6h", "within")
 
@@ -321,8 +322,8 @@ def test_times_are_shown_in_the_configured_time_zone(week):
     assert started == {
         "fileserver_failed": "Wed 03-06 08:00",   # 16:00 UTC, PST (UTC-8)
         "sis_error": "Sun 03-10 08:00",           # 15:00 UTC, PDT (UTC-7) since that morning
-        "payroll_failed": "Tue 03-12 12:00",
-        "sis_passed": "Tue 03-12 08:00",
+        "payroll_failed": "Wed 03-13 02:00",
+        "sis_passed": "Wed 03-13 01:30",
         "fileserver_passed": "Wed 03-13 06:00",
     }
     assert "Generated Wed 2024-03-13 08:00 PDT" in week.report.doc.find("footer").text()

@@ -7,14 +7,13 @@ import pytest
 from pydantic import ValidationError
 
 from drcheck.config import Schedule
-from drcheck.scheduler import trigger
 
 LA = ZoneInfo("America/Los_Angeles")
 MONDAY = datetime(2026, 11, 23, 12, 0, tzinfo=LA)  # a Monday
 
 
 def next_fires(cron: str, count: int = 4) -> list[str]:
-    t = trigger(Schedule(cron=cron), "America/Los_Angeles")
+    t = Schedule(cron=cron).trigger("America/Los_Angeles")
     fires, previous, now = [], None, MONDAY
     for _ in range(count):
         nxt = t.get_next_fire_time(previous, now)
@@ -49,6 +48,6 @@ def test_bad_crontab_is_refused_with_the_reason(cron, message):
 
 
 def test_interval_schedule():
-    t = trigger(Schedule(interval="15m"), "UTC")
+    t = Schedule(interval="15m").trigger("UTC")
     first = t.get_next_fire_time(None, MONDAY)
     assert (t.get_next_fire_time(first, first) - first).total_seconds() == 900
