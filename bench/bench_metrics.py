@@ -41,7 +41,7 @@ def epoch(text: str) -> float:
 
 def build(work: Path, systems: int, probes: int):
     """Create the store and configuration; return (loaded, expected series, setup seconds)."""
-    from drcheck.config import AgentConfig, Config, Runbook
+    from drcheck.config import Config, Runbook
     from drcheck.config_loader import LoadedConfig
     from drcheck.store import Store, ts
 
@@ -56,8 +56,17 @@ def build(work: Path, systems: int, probes: int):
         })
         for n, s in enumerate(names)
     }
-    config = Config(agent=AgentConfig(name="bench-agent", state_dir=work / "state",
-                                      sandbox_root=work / "sandbox", runbooks_dir=work))
+    # The collector exports only what the configuration defines, so configure every
+    # probe (each mapping its systems) and one restore test per system, as a site would.
+    config = Config.model_validate({
+        "agent": {"name": "bench-agent", "state_dir": str(work / "state"), "sandbox_root": str(work / "sandbox"),
+                  "runbooks_dir": str(work)},
+        "sites": {"office": {}}, "copies": {COPY: {"site": "office"}},
+        "probes": {p: {"kind": "restic", "copy": COPY, "repository": f"/repos/{p}", "password": {"file": "/pw"},
+                       "systems": [{"system": s, "paths": [f"/srv/{s}"]} for s in names if probe_of[s] == p]}
+                   for p in probe_names},
+        "restore_tests": {f"{s}-files": {"kind": "files", "probe": probe_of[s], "system": s} for s in names},
+    }, context={"base_dir": work})
     loaded = LoadedConfig(path=work / "drcheck.toml", config=config, runbooks=runbooks)
     t_config = time.perf_counter() - t0
 
@@ -143,10 +152,12 @@ def baseline_registry(loaded, rows):
 
     newest = g("drcheck_restore_point_newest_timestamp_seconds",
                "time of the newest restore point of a system in a copy", ["system", "copy"])
-    count = g("drcheck_restore_point_count", "restore points of a system in a copy", ["system", "copy"])
+    count = g("drcheck_restore_points", "restore points of a system in a copy", ["system", "copy"])
+    newest_of_system = dict.fromkeys(loaded.runbooks, 0.0)
     for r in point_rows:
         newest.labels(r["system"], r["copy"]).set(epoch(r["point_time"]))
         count.labels(r["system"], r["copy"]).set(r["point_count"])
+        newest_of_system[r["system"]] = max(newest_of_system[r["system"]], epoch(r["point_time"]))
 
     labels = ["system", "test"]
     last_run = g("drcheck_restore_test_last_run_timestamp_seconds", "start of the latest restore test", labels)
@@ -157,9 +168,12 @@ def baseline_registry(loaded, rows):
     rpo_t = g("drcheck_restore_test_rpo_target_seconds", "RPO target applied to the test", labels)
     success = g("drcheck_restore_test_last_success_timestamp_seconds",
                 "start of the latest restore test that passed", labels)
-    rto = g("drcheck_restore_test_rto_seconds", "measured RTO of the latest passed restore test", labels)
-    rpo = g("drcheck_restore_test_rpo_seconds", "achieved RPO of the latest passed restore test", labels)
+    rto = g("drcheck_restore_test_rto_seconds",
+            "measured RTO of the latest restore test that measured one (every check passed)", labels)
+    rpo = g("drcheck_restore_test_rpo_seconds", "achieved RPO of the latest restore test that measured one", labels)
+    tested_at = dict.fromkeys(loaded.runbooks, 0.0)
     for r in test_rows:
+        tested_at[r["system"]] = max(tested_at[r["system"]], epoch(r["started_at"]))
         key = (r["system"], r["test"])
         last_run.labels(*key).set(epoch(r["started_at"]))
         passed.labels(*key).set(1 if r["status"] == "passed" else 0)
@@ -186,6 +200,14 @@ def baseline_registry(loaded, rows):
     for probe, n in Counter(f["probe"] for f in finding_rows if f["code"] == "no_restore_point").items():
         unprotected.labels(probe).set(n)
     g("drcheck_sandbox_leases_open", "sandboxes currently in use or left behind", []).set(0)
+    for name, doc, values in (
+            ("drcheck_system_newest_restore_point_timestamp_seconds",
+             "newest restore point of a system in any copy; 0 when it has none", newest_of_system),
+            ("drcheck_system_last_test_timestamp_seconds",
+             "start of the latest restore test of a system; 0 when it was never tested", tested_at)):
+        gauge = g(name, doc, ["system"])
+        for system, value in values.items():
+            gauge.labels(system).set(value)
     return reg
 
 

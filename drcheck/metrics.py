@@ -18,23 +18,22 @@ from prometheus_client.registry import Collector
 
 from drcheck import __version__
 from drcheck.config_loader import LoadedConfig
-from drcheck.store import Store
+from drcheck.store import CURRENT_POINTS, Store
 
 log = logging.getLogger(__name__)
 
-LATEST_POINTS = """
-SELECT rp.system, rp.copy, rp.point_time, rp.point_count FROM restore_points rp
-JOIN (SELECT MAX(id) AS id FROM restore_points GROUP BY system, copy) n ON rp.id = n.id"""
 LATEST_TESTS = """
 SELECT rt.system, rt.test, rt.started_at, rt.status, rt.restore_seconds, rt.verify_seconds,
        rt.rto_target_seconds, rt.rpo_target_seconds FROM restore_tests rt
 JOIN (SELECT MAX(id) AS id FROM restore_tests GROUP BY system, test) n ON rt.id = n.id"""
 LAST_SUCCESS = """
-SELECT rt.system, rt.test, rt.started_at, rt.rto_seconds, rt.rpo_seconds FROM restore_tests rt
-JOIN (SELECT MAX(id) AS id FROM restore_tests WHERE status = 'passed' GROUP BY system, test) n
-ON rt.id = n.id"""
+SELECT rt.system, rt.test, rt.started_at FROM restore_tests rt
+JOIN (SELECT MAX(id) AS id FROM restore_tests WHERE status = 'passed' GROUP BY system, test) n ON rt.id = n.id"""
+LATEST_MEASURED = """
+SELECT rt.system, rt.test, rt.{0} FROM restore_tests rt
+JOIN (SELECT MAX(id) AS id FROM restore_tests WHERE {0} IS NOT NULL GROUP BY system, test) n ON rt.id = n.id"""
 LATEST_PROBES = """
-SELECT pr.id, pr.probe, pr.action, pr.status, pr.finished_at, pr.duration_seconds FROM probe_runs pr
+SELECT pr.probe, pr.action, pr.status, pr.finished_at, pr.duration_seconds FROM probe_runs pr
 JOIN (SELECT MAX(id) AS id FROM probe_runs GROUP BY probe, action) n ON pr.id = n.id"""
 UNPROTECTED = """
 SELECT f.probe, COUNT(*) FROM findings f
@@ -63,14 +62,16 @@ class StoreCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         loaded = self.config()
         conn = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=10)
+        conn.row_factory = sqlite3.Row
         try:
             yield from self._collect(conn, loaded)
         finally:
             conn.close()
 
     def _collect(self, conn: sqlite3.Connection, loaded: LoadedConfig) -> Iterator[Metric]:
+        cfg = loaded.config
         info = _gauge("drcheck_info", "drcheck agent; value is always 1", ["agent", "version"])
-        info.add_metric([loaded.config.agent.name, __version__], 1)
+        info.add_metric([cfg.agent.name, __version__], 1)
         yield info
 
         rpo_target = _gauge("drcheck_system_rpo_target_seconds", "RPO target of a system (runbook)", ["system"])
@@ -82,19 +83,32 @@ class StoreCollector(Collector):
             tier.add_metric([system], rb.tier)
         yield from (rpo_target, rto_target, tier)
 
+        newest_of_system: dict[str, float] = dict.fromkeys(loaded.runbooks, 0.0)
         newest = _gauge("drcheck_restore_point_newest_timestamp_seconds",
                         "time of the newest restore point of a system in a copy", ["system", "copy"])
-        count = _gauge("drcheck_restore_point_count", "restore points of a system in a copy", ["system", "copy"])
-        for system, copy, point_time, point_count in conn.execute(LATEST_POINTS):
-            newest.add_metric([system, copy], _epoch(point_time))
-            if point_count is not None:
-                count.add_metric([system, copy], point_count)
-        yield from (newest, count)
+        points = _gauge("drcheck_restore_points", "restore points of a system in a copy", ["system", "copy"])
+        for row in conn.execute(CURRENT_POINTS):
+            if row["probe"] not in cfg.probes:
+                continue
+            when = _epoch(row["point_time"])
+            newest.add_metric([row["system"], row["copy"]], when)
+            if row["point_count"] is not None:
+                points.add_metric([row["system"], row["copy"]], row["point_count"])
+            if row["system"] in newest_of_system:
+                newest_of_system[row["system"]] = max(newest_of_system[row["system"]], when)
+        yield from (newest, points)
 
-        yield from self._tests(conn)
-        yield from self._probes(conn)
+        tested_at: dict[str, float] = dict.fromkeys(loaded.runbooks, 0.0)
+        yield from self._tests(conn, cfg, tested_at)
+        yield from self._probes(conn, cfg)
+        yield from _per_system(
+            ("drcheck_system_newest_restore_point_timestamp_seconds",
+             "newest restore point of a system in any copy; 0 when it has none", newest_of_system),
+            ("drcheck_system_last_test_timestamp_seconds",
+             "start of the latest restore test of a system; 0 when it was never tested", tested_at))
 
-    def _tests(self, conn: sqlite3.Connection) -> Iterator[Metric]:
+    def _tests(self, conn: sqlite3.Connection, cfg, tested_at: dict[str, float]) -> Iterator[Metric]:
+        configured = {(t.system, name) for name, t in cfg.restore_tests.items()}
         labels = ["system", "test"]
         last_run = _gauge("drcheck_restore_test_last_run_timestamp_seconds", "start of the latest restore test", labels)
         passed = _gauge("drcheck_restore_test_last_passed", "1 when the latest restore test passed, else 0", labels)
@@ -103,37 +117,39 @@ class StoreCollector(Collector):
         rto_t = _gauge("drcheck_restore_test_rto_target_seconds", "RTO target applied to the test", labels)
         rpo_t = _gauge("drcheck_restore_test_rpo_target_seconds", "RPO target applied to the test", labels)
         for system, test, started, status, rs, vs, rto_target, rpo_target in conn.execute(LATEST_TESTS):
+            if (system, test) not in configured:
+                continue
             key = [system, test]
             last_run.add_metric(key, _epoch(started))
+            tested_at[system] = max(tested_at.get(system, 0.0), _epoch(started))
             passed.add_metric(key, 1 if status == "passed" else 0)
-            if rs is not None:
-                restore.add_metric(key, rs)
-            if vs is not None:
-                verify.add_metric(key, vs)
-            if rto_target is not None:
-                rto_t.add_metric(key, rto_target)
-            if rpo_target is not None:
-                rpo_t.add_metric(key, rpo_target)
+            for family, value in ((restore, rs), (verify, vs), (rto_t, rto_target), (rpo_t, rpo_target)):
+                if value is not None:
+                    family.add_metric(key, value)
         success = _gauge("drcheck_restore_test_last_success_timestamp_seconds",
                          "start of the latest restore test that passed", labels)
-        rto = _gauge("drcheck_restore_test_rto_seconds", "measured RTO of the latest passed restore test", labels)
-        rpo = _gauge("drcheck_restore_test_rpo_seconds", "achieved RPO of the latest passed restore test", labels)
-        for system, test, started, rto_s, rpo_s in conn.execute(LAST_SUCCESS):
-            key = [system, test]
-            success.add_metric(key, _epoch(started))
-            if rto_s is not None:
-                rto.add_metric(key, rto_s)
-            if rpo_s is not None:
-                rpo.add_metric(key, rpo_s)
+        for system, test, started in conn.execute(LAST_SUCCESS):
+            if (system, test) in configured:
+                success.add_metric([system, test], _epoch(started))
+        rto = _gauge("drcheck_restore_test_rto_seconds",
+                     "measured RTO of the latest restore test that measured one (every check passed)", labels)
+        rpo = _gauge("drcheck_restore_test_rpo_seconds", "achieved RPO of the latest restore test that measured one",
+                     labels)
+        for family, column in ((rto, "rto_seconds"), (rpo, "rpo_seconds")):
+            for system, test, value in conn.execute(LATEST_MEASURED.format(column)):
+                if (system, test) in configured:
+                    family.add_metric([system, test], value)
         yield from (last_run, passed, restore, verify, rto_t, rpo_t, success, rto, rpo)
 
-    def _probes(self, conn: sqlite3.Connection) -> Iterator[Metric]:
+    def _probes(self, conn: sqlite3.Connection, cfg) -> Iterator[Metric]:
         labels = ["probe", "action"]
         up = _gauge("drcheck_probe_up", "1 when the latest probe run could reach and read its source", labels)
         ok = _gauge("drcheck_probe_success", "1 when the latest probe run found nothing wrong", labels)
         duration = _gauge("drcheck_probe_duration_seconds", "duration of the latest probe run", labels)
         last = _gauge("drcheck_probe_last_run_timestamp_seconds", "end of the latest probe run", labels)
-        for _id, probe, action, status, finished, seconds in conn.execute(LATEST_PROBES):
+        for probe, action, status, finished, seconds in conn.execute(LATEST_PROBES):
+            if probe not in cfg.probes:
+                continue
             key = [probe, action]
             up.add_metric(key, 0 if status == "error" else 1)
             ok.add_metric(key, 1 if status == "ok" else 0)
@@ -142,10 +158,19 @@ class StoreCollector(Collector):
         unprotected = _gauge("drcheck_unprotected_assets",
                              "configured systems or assets with no restore point", ["source"])
         for probe, n in conn.execute(UNPROTECTED):
-            unprotected.add_metric([probe], n)
+            if probe in cfg.probes:
+                unprotected.add_metric([probe], n)
         leases = _gauge("drcheck_sandbox_leases_open", "sandboxes currently in use or left behind", [])
         leases.add_metric([], conn.execute("SELECT COUNT(*) FROM sandbox_leases WHERE released_at IS NULL").fetchone()[0])
         yield from (up, ok, duration, last, unprotected, leases)
+
+
+def _per_system(*families: tuple[str, str, dict[str, float]]) -> Iterator[Metric]:
+    for name, doc, values in families:
+        gauge = _gauge(name, doc, ["system"])
+        for system, value in values.items():
+            gauge.add_metric([system], value)
+        yield gauge
 
 
 def registry_for(loaded: LoadedConfig | Callable[[], LoadedConfig]) -> CollectorRegistry:

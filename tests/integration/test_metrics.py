@@ -77,3 +77,45 @@ def test_empty_store_scrapes_and_textfile_is_written(loaded, store, tmp_path):
     assert not any(name == "drcheck_restore_test_last_passed" for name, _ in got)
     path = write_textfile(loaded, store, tmp_path / "m" / "drcheck.prom")
     assert "drcheck_sandbox_leases_open 0.0" in path.read_text()
+
+
+def test_a_measured_breach_is_exported_so_alerts_can_fire(loaded, store, record):
+    record.test("payroll", "failed", NOW - timedelta(hours=2), rpo=timedelta(days=3), reason="RPO breach")
+    got = samples(loaded)
+    key = ("system", "payroll"), ("test", "payroll-files")
+    assert got[("drcheck_restore_test_rpo_seconds", key)] == 3 * 86400
+    assert got[("drcheck_restore_test_rpo_seconds", key)] > got[("drcheck_restore_test_rpo_target_seconds", key)]
+    assert ("drcheck_restore_test_last_success_timestamp_seconds", key) not in got
+
+
+def test_never_tested_and_unprotected_systems_are_visible(loaded, store, record):
+    record.probe({"sis": NOW - timedelta(hours=1)}, at=NOW)
+    record.test("sis", "passed", NOW - timedelta(hours=3), rto=timedelta(minutes=5), rpo=timedelta(hours=2))
+    got = samples(loaded)
+    newest = {labels[0][1]: v for (name, labels), v in got.items()
+              if name == "drcheck_system_newest_restore_point_timestamp_seconds"}
+    tested = {labels[0][1]: v for (name, labels), v in got.items()
+              if name == "drcheck_system_last_test_timestamp_seconds"}
+    assert newest == {"sis": (NOW - timedelta(hours=1)).timestamp(), "fileserver": 0, "payroll": 0}
+    assert tested == {"sis": (NOW - timedelta(hours=3)).timestamp(), "fileserver": 0, "payroll": 0}
+    assert got[("drcheck_restore_points", (("copy", "lab-restic"), ("system", "sis")))] == 30
+
+
+def test_series_of_tests_and_probes_no_longer_configured_disappear(make_config, tmp_path):
+    import tomllib
+
+    import tomli_w
+
+    from drcheck.config_loader import load
+    from drcheck.store import Store
+
+    from .conftest import Recorder
+
+    loaded = make_config()
+    with Store(loaded.database_path) as store:
+        Recorder(loaded, store).test("fileserver", "failed", NOW - timedelta(hours=1), reason="old name")
+    data = tomllib.loads(loaded.path.read_text())
+    data["restore_tests"]["fileserver-weekly"] = data["restore_tests"].pop("fileserver-files")
+    loaded.path.write_text(tomli_w.dumps(data))
+    got = samples(load(loaded.path))
+    assert not any(dict(labels).get("test") == "fileserver-files" for _, labels in got)
