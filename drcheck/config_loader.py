@@ -15,7 +15,7 @@ import os
 import tomllib
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -53,6 +53,14 @@ class LoadedConfig:
         """Return the source paths the probe's mapping rules give for a system."""
         rules = self.config.probes[probe].systems
         return [p for rule in rules if rule.system == system for p in rule.paths]
+
+    def source_path(self, probe: str, system: str, path: Path) -> PurePosixPath:
+        """Map a configured path (canary, expected path) to the live/snapshot absolute path:
+        a relative one lies under the system's single source path (checked at load)."""
+        if path.is_absolute():
+            return PurePosixPath(path)
+        (base,) = self.system_source_paths(probe, system)
+        return PurePosixPath(base) / path
 
 
 def find_config(explicit: str | os.PathLike | None) -> Path:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import signal
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Callable
 
 from drcheck import canary, sandbox
@@ -107,10 +107,7 @@ def run_restore_test(loaded: LoadedConfig, store: Store, name: str,
 def plant_canary(loaded: LoadedConfig, store: Store, name: str, now: Callable = utcnow) -> Path:
     """Write a fresh canary for restore test `name` into its system's live source."""
     target = loaded.config.restore_tests[name]
-    path = Path(target.canary.path)
-    if not path.is_absolute():
-        (base,) = loaded.system_source_paths(target.probe, target.system)
-        path = Path(base) / PurePosixPath(path)
+    path = Path(loaded.source_path(target.probe, target.system, target.canary.path))
     canary.plant(store, name, target.system, path, now())
     log.info("planted canary for %s at %s", name, path)
     return path

@@ -14,7 +14,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from drcheck.clients.process import CommandTimeout
 from drcheck.clients.restic import ResticError
@@ -31,15 +31,6 @@ log = logging.getLogger(__name__)
 
 # What a restore can fail with that is the backup's or the environment's fault, not ours.
 EXPECTED_FAILURES = (ResticError, SecretUnavailable, SandboxRefused, CommandTimeout, OSError)
-
-
-def source_path(ctx: RunContext, target: FilesRestoreTest, path: Path) -> str:
-    """Map a configured path to the snapshot's absolute path: relative paths are under the
-    system's (single) source path."""
-    if path.is_absolute():
-        return str(PurePosixPath(path))
-    (base,) = ctx.loaded.system_source_paths(target.probe, target.system)
-    return str(PurePosixPath(base) / path)
 
 
 def run(target: FilesRestoreTest, ctx: RunContext) -> RestoreTestResult:
@@ -124,11 +115,12 @@ def _verify(target: FilesRestoreTest, ctx: RunContext, dest: Path, spot_run, res
     result.rpo_seconds = (result.started_at - result.point_time).total_seconds()
     result.rpo_source = "restore_point"
     if target.expected_paths:
-        result.checks.append(checks.expected_paths(dest, [source_path(ctx, target, p) for p in target.expected_paths]))
+        wanted = [str(ctx.loaded.source_path(target.probe, target.system, p)) for p in target.expected_paths]
+        result.checks.append(checks.expected_paths(dest, wanted))
     if target.canary is not None:
         max_age = target.canary.max_age or runbook.rpo
-        check, canary_time = checks.canary(dest, source_path(ctx, target, target.canary.path),
-                                           ctx.store, target.system, result.started_at, max_age)
+        canary_path = str(ctx.loaded.source_path(target.probe, target.system, target.canary.path))
+        check, canary_time = checks.canary(dest, canary_path, ctx.store, target.system, result.started_at, max_age)
         result.checks.append(check)
         if canary_time is not None:
             result.rpo_seconds = (result.started_at - canary_time).total_seconds()
@@ -178,13 +170,10 @@ class _watch_progress:
 
     def _poll(self) -> None:
         while not self.stop.wait(0.5):
-            done = 0
-            for path in self.dest.rglob("*"):
-                try:
-                    if path.is_file() and not path.is_symlink():
-                        done += path.stat().st_size
-                except OSError:
-                    pass
+            try:
+                done = sum(checks.regular_files(self.dest).values())
+            except OSError:  # restic is creating and renaming files under our feet
+                continue
             self.ctx.progress("restoring", done, self.total)
 
     def __exit__(self, *exc) -> None:

@@ -10,7 +10,7 @@ import pytest
 import tomli_w
 
 from drcheck.clients import restic as restic_client
-from drcheck.clients.restic import Entry, ResticError, Snapshot, explain_failure
+from drcheck.clients.restic import Entry, Snapshot, explain_failure
 from drcheck.config import SystemMapping
 from drcheck.config_loader import load
 from drcheck.engine import run_restore_test
@@ -121,7 +121,3 @@ def test_mapping_rules(paths, hosts, tags, expected):
     snap = Snapshot("id", WHEN, "app01", ("/srv/app",), ("daily",))
     rule = SystemMapping(system="app", paths=paths, hosts=hosts, tags=tags)
     assert matches(snap, rule) is expected
-
-
-def test_restic_error_is_not_a_crash():
-    assert issubclass(ResticError, RuntimeError)
