@@ -53,6 +53,24 @@ def open_store(loaded: LoadedConfig) -> Store:
     return Store(loaded.database_path, agent=loaded.config.agent.name)
 
 
+def probe_error(loaded: LoadedConfig, name: str, action: str, started, reason: str) -> ProbeResult:
+    """An ERROR result for probe `name`, ending now (the probe may no longer be configured)."""
+    probe = loaded.config.probes.get(name)
+    return ProbeResult(probe=name, kind=probe.kind if probe else "unknown", action=action, status=Status.ERROR,
+                       started_at=started, finished_at=utcnow(), copy=probe.copy if probe else None, reason=reason)
+
+
+def restore_test_error(loaded: LoadedConfig, name: str, started, reason: str,
+                       sandbox: str | None = None) -> RestoreTestResult:
+    """An ERROR result for restore test `name`, ending now (it may no longer be configured)."""
+    test = loaded.config.restore_tests.get(name)
+    probe = loaded.config.probes.get(test.probe) if test else None
+    return RestoreTestResult(test=name, kind=test.kind if test else "unknown",
+                             system=test.system if test else "unknown", status=Status.ERROR,
+                             started_at=started, finished_at=utcnow(), probe=test.probe if test else None,
+                             copy=probe.copy if probe else None, sandbox=sandbox, reason=reason)
+
+
 def run_probe(loaded: LoadedConfig, store: Store, name: str, action: str = "snapshots",
               progress: Progress = _no_progress) -> ProbeResult:
     """Run probe `name` (`action` "snapshots" or "check"), record and return the result."""
@@ -64,15 +82,11 @@ def run_probe(loaded: LoadedConfig, store: Store, name: str, action: str = "snap
         func = module.probe if action == "snapshots" else getattr(module, action)
         result = func(target, ctx)
     except (Interrupted, KeyboardInterrupt) as exc:
-        store.record_probe(ProbeResult(probe=name, kind=target.kind, action=action, status=Status.ERROR,
-                                       started_at=started, finished_at=utcnow(), copy=target.copy,
-                                       reason=str(exc) or "interrupted"))
+        store.record_probe(probe_error(loaded, name, action, started, str(exc) or "interrupted"))
         raise
     except Exception as exc:  # a bug in a probe must not take the agent down
         log.exception("probe %s (%s) crashed", name, action)
-        result = ProbeResult(probe=name, kind=target.kind, action=action, status=Status.ERROR,
-                             started_at=started, finished_at=utcnow(), copy=target.copy,
-                             reason=f"internal error: {type(exc).__name__}: {exc}")
+        result = probe_error(loaded, name, action, started, f"internal error: {type(exc).__name__}: {exc}")
     store.record_probe(result)
     log.info("probe %s %s: %s %s", name, action, result.status.value, result.reason)
     return result
@@ -86,19 +100,14 @@ def run_restore_test(loaded: LoadedConfig, store: Store, name: str,
     target = loaded.config.restore_tests[name]
     ctx = RunContext(name=name, loaded=loaded, store=store, progress=progress)
     started = utcnow()
-
-    def error(reason: str) -> RestoreTestResult:
-        return RestoreTestResult(test=name, kind=target.kind, system=target.system, status=Status.ERROR,
-                                 started_at=started, finished_at=utcnow(), probe=target.probe, reason=reason)
-
     try:
         result = restore_module(target.kind).run(target, ctx)
     except (Interrupted, KeyboardInterrupt) as exc:
-        store.record_restore_test(error(str(exc) or "interrupted"))
+        store.record_restore_test(restore_test_error(loaded, name, started, str(exc) or "interrupted"))
         raise
     except Exception as exc:
         log.exception("restore test %s crashed", name)
-        result = error(f"internal error: {type(exc).__name__}: {exc}")
+        result = restore_test_error(loaded, name, started, f"internal error: {type(exc).__name__}: {exc}")
     store.record_restore_test(result)
     log.info("restore test %s: %s %s", name, result.status.value, result.reason)
     return result
@@ -117,13 +126,8 @@ def reap_orphans(loaded: LoadedConfig, store: Store) -> list[dict]:
     """Remove sandboxes left by dead runs and record each interrupted test as an error."""
     reaped = sandbox.reap(store, loaded.config.agent.sandbox_root)
     for lease in reaped:
-        test = loaded.config.restore_tests.get(lease["test"])
-        started = parse_ts(lease["created_at"])
-        store.record_restore_test(RestoreTestResult(
-            test=lease["test"], kind=test.kind if test else "unknown",
-            system=test.system if test else "unknown", status=Status.ERROR,
-            started_at=started, finished_at=utcnow(), probe=test.probe if test else None,
-            sandbox=lease["path"],
-            reason=f"interrupted: the run (pid {lease['pid']}) died; its sandbox was removed at next start",
-        ))
+        store.record_restore_test(restore_test_error(
+            loaded, lease["test"], parse_ts(lease["created_at"]),
+            f"interrupted: the run (pid {lease['pid']}) died; its sandbox was removed at next start",
+            sandbox=lease["path"]))
     return reaped

@@ -18,27 +18,20 @@ from prometheus_client.registry import Collector
 
 from drcheck import __version__
 from drcheck.config_loader import LoadedConfig
-from drcheck.store import CURRENT_POINTS, Store
+from drcheck.store import CURRENT_FINDINGS, CURRENT_POINTS, Store, newest_per
 
 log = logging.getLogger(__name__)
 
-LATEST_TESTS = """
-SELECT rt.system, rt.test, rt.started_at, rt.status, rt.restore_seconds, rt.verify_seconds,
-       rt.rto_target_seconds, rt.rpo_target_seconds FROM restore_tests rt
-JOIN (SELECT MAX(id) AS id FROM restore_tests GROUP BY system, test) n ON rt.id = n.id"""
-LAST_SUCCESS = """
-SELECT rt.system, rt.test, rt.started_at FROM restore_tests rt
-JOIN (SELECT MAX(id) AS id FROM restore_tests WHERE status = 'passed' GROUP BY system, test) n ON rt.id = n.id"""
-LATEST_MEASURED = """
-SELECT rt.system, rt.test, rt.{0} FROM restore_tests rt
-JOIN (SELECT MAX(id) AS id FROM restore_tests WHERE {0} IS NOT NULL GROUP BY system, test) n ON rt.id = n.id"""
-LATEST_PROBES = """
-SELECT pr.probe, pr.action, pr.status, pr.finished_at, pr.duration_seconds FROM probe_runs pr
-JOIN (SELECT MAX(id) AS id FROM probe_runs GROUP BY probe, action) n ON pr.id = n.id"""
-UNPROTECTED = """
-SELECT f.probe, COUNT(*) FROM findings f
-JOIN (SELECT MAX(id) AS id FROM probe_runs WHERE action = 'snapshots' GROUP BY probe) n
-ON f.probe_run_id = n.id WHERE f.code = 'no_restore_point' GROUP BY f.probe"""
+# The scrape reads only the columns it exports: at 10,000 systems `t.*` costs ~10% more.
+_TEST_COLUMNS = ("system, test, started_at, status, restore_seconds, verify_seconds, "
+                 "rto_target_seconds, rpo_target_seconds")
+SCRAPE_TESTS = newest_per("restore_tests", "system, test", columns=_TEST_COLUMNS)
+SCRAPE_PASSED = newest_per("restore_tests", "system, test", "status = 'passed'", "system, test, started_at")
+SCRAPE_RTO = newest_per("restore_tests", "system, test", "rto_seconds IS NOT NULL", "system, test, rto_seconds")
+SCRAPE_RPO = newest_per("restore_tests", "system, test", "rpo_seconds IS NOT NULL", "system, test, rpo_seconds")
+SCRAPE_PROBE_RUNS = newest_per("probe_runs", "probe, action", columns="probe, action, status, finished_at, duration_seconds")
+UNPROTECTED = (f"SELECT probe, COUNT(*) AS n FROM ({CURRENT_FINDINGS}) "
+               "WHERE code = 'no_restore_point' GROUP BY probe")
 
 
 def _epoch(text: str) -> float:
@@ -116,29 +109,31 @@ class StoreCollector(Collector):
         verify = _gauge("drcheck_restore_test_verify_seconds", "verify part of the latest restore test", labels)
         rto_t = _gauge("drcheck_restore_test_rto_target_seconds", "RTO target applied to the test", labels)
         rpo_t = _gauge("drcheck_restore_test_rpo_target_seconds", "RPO target applied to the test", labels)
-        for system, test, started, status, rs, vs, rto_target, rpo_target in conn.execute(LATEST_TESTS):
+        for row in conn.execute(SCRAPE_TESTS):
+            system, test = row["system"], row["test"]
             if (system, test) not in configured:
                 continue
-            key = [system, test]
-            last_run.add_metric(key, _epoch(started))
-            tested_at[system] = max(tested_at.get(system, 0.0), _epoch(started))
-            passed.add_metric(key, 1 if status == "passed" else 0)
-            for family, value in ((restore, rs), (verify, vs), (rto_t, rto_target), (rpo_t, rpo_target)):
-                if value is not None:
-                    family.add_metric(key, value)
+            key, started = [system, test], _epoch(row["started_at"])
+            last_run.add_metric(key, started)
+            tested_at[system] = max(tested_at.get(system, 0.0), started)
+            passed.add_metric(key, 1 if row["status"] == "passed" else 0)
+            for family, column in ((restore, "restore_seconds"), (verify, "verify_seconds"),
+                                   (rto_t, "rto_target_seconds"), (rpo_t, "rpo_target_seconds")):
+                if row[column] is not None:
+                    family.add_metric(key, row[column])
         success = _gauge("drcheck_restore_test_last_success_timestamp_seconds",
                          "start of the latest restore test that passed", labels)
-        for system, test, started in conn.execute(LAST_SUCCESS):
-            if (system, test) in configured:
-                success.add_metric([system, test], _epoch(started))
+        for row in conn.execute(SCRAPE_PASSED):
+            if (row["system"], row["test"]) in configured:
+                success.add_metric([row["system"], row["test"]], _epoch(row["started_at"]))
         rto = _gauge("drcheck_restore_test_rto_seconds",
                      "measured RTO of the latest restore test that measured one (every check passed)", labels)
         rpo = _gauge("drcheck_restore_test_rpo_seconds", "achieved RPO of the latest restore test that measured one",
                      labels)
-        for family, column in ((rto, "rto_seconds"), (rpo, "rpo_seconds")):
-            for system, test, value in conn.execute(LATEST_MEASURED.format(column)):
-                if (system, test) in configured:
-                    family.add_metric([system, test], value)
+        for family, sql, column in ((rto, SCRAPE_RTO, "rto_seconds"), (rpo, SCRAPE_RPO, "rpo_seconds")):
+            for row in conn.execute(sql):
+                if (row["system"], row["test"]) in configured:
+                    family.add_metric([row["system"], row["test"]], row[column])
         yield from (last_run, passed, restore, verify, rto_t, rpo_t, success, rto, rpo)
 
     def _probes(self, conn: sqlite3.Connection, cfg) -> Iterator[Metric]:
@@ -147,14 +142,14 @@ class StoreCollector(Collector):
         ok = _gauge("drcheck_probe_success", "1 when the latest probe run found nothing wrong", labels)
         duration = _gauge("drcheck_probe_duration_seconds", "duration of the latest probe run", labels)
         last = _gauge("drcheck_probe_last_run_timestamp_seconds", "end of the latest probe run", labels)
-        for probe, action, status, finished, seconds in conn.execute(LATEST_PROBES):
-            if probe not in cfg.probes:
+        for row in conn.execute(SCRAPE_PROBE_RUNS):
+            if row["probe"] not in cfg.probes:
                 continue
-            key = [probe, action]
-            up.add_metric(key, 0 if status == "error" else 1)
-            ok.add_metric(key, 1 if status == "ok" else 0)
-            duration.add_metric(key, seconds or 0)
-            last.add_metric(key, _epoch(finished))
+            key = [row["probe"], row["action"]]
+            up.add_metric(key, 0 if row["status"] == "error" else 1)
+            ok.add_metric(key, 1 if row["status"] == "ok" else 0)
+            duration.add_metric(key, row["duration_seconds"] or 0)
+            last.add_metric(key, _epoch(row["finished_at"]))
         unprotected = _gauge("drcheck_unprotected_assets",
                              "configured systems or assets with no restore point", ["source"])
         for probe, n in conn.execute(UNPROTECTED):

@@ -28,8 +28,8 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from drcheck.clients.process import kill_session, session_members
 from drcheck.config import Schedule
 from drcheck.config_loader import ConfigError, LoadedConfig, load
-from drcheck.engine import open_store, reap_orphans
-from drcheck.results import ProbeResult, RestoreTestResult, Status, utcnow
+from drcheck.engine import open_store, probe_error, reap_orphans, restore_test_error
+from drcheck.results import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +186,11 @@ class Daemon:
             code = self._run_child(spec)
         except Exception as exc:  # the scheduler thread must survive whatever happened
             log.exception("%s: could not run", spec.id)
-            self._record_error(spec, started, f"job could not run: {type(exc).__name__}: {exc}")
+            try:
+                with open_store(self.loaded) as store:
+                    self._record_error(store, spec, started, f"job could not run: {type(exc).__name__}: {exc}")
+            except Exception:
+                log.exception("%s: could not record that it could not run", spec.id)
             return
         if code is not None:
             log.info("%s: finished (exit %s)", spec.id, code)
@@ -244,30 +248,16 @@ class Daemon:
                 sql = "SELECT COUNT(*) FROM probe_runs WHERE id > ? AND probe = ? AND action = ?"
                 params = [marker, name, _probe_action(spec)]
             if not store.db.execute(sql, params).fetchone()[0]:
-                self._record_error(spec, utcnow(), f"job ended without a result (exit {code}); see the agent log",
-                                   store)
+                self._record_error(store, spec, utcnow(),
+                                   f"job ended without a result (exit {code}); see the agent log")
 
-    def _record_error(self, spec: JobSpec, started, reason: str, store=None) -> None:
+    def _record_error(self, store, spec: JobSpec, started, reason: str) -> None:
         """Record an error result for the probe or restore test a job was running."""
         kind, name = spec.args[0], spec.args[1] if len(spec.args) > 1 else ""
-        if kind not in ("probe", "restore-test"):
-            return
-        now = utcnow()
-        if store is None:
-            with open_store(self.loaded) as opened:
-                return self._record_error(spec, started, reason, opened)
         if kind == "restore-test":
-            test = self.loaded.config.restore_tests.get(name)
-            store.record_restore_test(RestoreTestResult(
-                test=name, kind=test.kind if test else "unknown", system=test.system if test else "unknown",
-                status=Status.ERROR, started_at=started, finished_at=now, probe=test.probe if test else None,
-                reason=reason))
-        else:
-            probe = self.loaded.config.probes.get(name)
-            store.record_probe(ProbeResult(
-                probe=name, kind=probe.kind if probe else "unknown", action=_probe_action(spec),
-                status=Status.ERROR, started_at=started, finished_at=now,
-                copy=probe.copy if probe else None, reason=reason))
+            store.record_restore_test(restore_test_error(self.loaded, name, started, reason))
+        elif kind == "probe":
+            store.record_probe(probe_error(self.loaded, name, _probe_action(spec), started, reason))
 
 
 def _probe_action(spec: JobSpec) -> str:

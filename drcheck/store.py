@@ -108,9 +108,25 @@ def m001_initial(db: sqlite_utils.Database) -> None:
     db["sandbox_leases"].create_index(["released_at"])
 
 
-CURRENT_POINTS = """SELECT rp.* FROM restore_points rp
-JOIN (SELECT MAX(id) AS id FROM probe_runs WHERE action = 'snapshots' AND status != 'error' GROUP BY probe) run
+def newest_per(table: str, group_by: str, where: str = "", columns: str = "*") -> str:
+    """SQL for the newest row (highest id: results are appended) of `table` per group,
+    selecting `columns` of it (qualified as t.)."""
+    condition = f"WHERE {where} " if where else ""
+    selected = ", ".join(f"t.{c.strip()}" for c in columns.split(","))
+    return (f"SELECT {selected} FROM {table} t JOIN (SELECT MAX(id) AS id FROM {table} {condition}"
+            f"GROUP BY {group_by}) newest ON t.id = newest.id")
+
+
+LATEST_PROBE_RUNS = newest_per("probe_runs", "probe, action")
+LATEST_TESTS = newest_per("restore_tests", "system, test")
+LAST_PASSED_TESTS = newest_per("restore_tests", "system, test", "status = 'passed'")
+# runs whose findings and points are current: the latest run of each probe and action,
+# and for points the latest listing that could read its repository
+_LATEST_RUN_IDS = "SELECT MAX(id) AS id FROM probe_runs GROUP BY probe, action"
+CURRENT_POINTS = f"""SELECT rp.* FROM restore_points rp
+JOIN ({newest_per("probe_runs", "probe", "action = 'snapshots' AND status != 'error'")}) run
 ON rp.probe_run_id = run.id"""
+CURRENT_FINDINGS = f"SELECT f.* FROM findings f JOIN ({_LATEST_RUN_IDS}) run ON f.probe_run_id = run.id"
 
 RESULT_TABLES = ("probe_runs", "restore_points", "findings", "restore_tests", "check_results", "canaries")
 
@@ -290,28 +306,15 @@ class Store:
 
     def latest_probe_runs(self) -> list[dict[str, Any]]:
         """Latest run per (probe, action)."""
-        return self.query(
-            """SELECT pr.* FROM probe_runs pr
-               JOIN (SELECT MAX(id) AS id FROM probe_runs GROUP BY probe, action) latest
-               ON pr.id = latest.id ORDER BY pr.probe, pr.action"""
-        )
+        return self.query(LATEST_PROBE_RUNS + " ORDER BY t.probe, t.action")
 
     def latest_restore_tests(self) -> list[dict[str, Any]]:
         """Latest run per (system, test)."""
-        return self.query(
-            """SELECT rt.* FROM restore_tests rt
-               JOIN (SELECT MAX(id) AS id FROM restore_tests GROUP BY system, test) latest
-               ON rt.id = latest.id ORDER BY rt.system, rt.test"""
-        )
+        return self.query(LATEST_TESTS + " ORDER BY t.system, t.test")
 
     def last_successful_tests(self) -> list[dict[str, Any]]:
         """Latest passed run per (system, test)."""
-        return self.query(
-            """SELECT rt.* FROM restore_tests rt
-               JOIN (SELECT MAX(id) AS id FROM restore_tests WHERE status = 'passed'
-                     GROUP BY system, test) latest
-               ON rt.id = latest.id"""
-        )
+        return self.query(LAST_PASSED_TESTS)
 
     def restore_tests_between(self, start: datetime, end: datetime) -> list[dict[str, Any]]:
         return self.query(
@@ -332,11 +335,8 @@ class Store:
         return grouped
 
     def findings_of_latest_runs(self) -> list[dict[str, Any]]:
-        return self.query(
-            """SELECT f.* FROM findings f
-               JOIN (SELECT MAX(id) AS id FROM probe_runs GROUP BY probe, action) latest
-               ON f.probe_run_id = latest.id ORDER BY f.severity, f.system"""
-        )
+        """Findings of the latest run of each probe and action."""
+        return self.query(CURRENT_FINDINGS + " ORDER BY f.severity, f.system")
 
 
 class LeaseConflict(RuntimeError):
