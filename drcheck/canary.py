@@ -8,13 +8,12 @@ drcheck planted (recorded in the store), so a stray or forged file proves nothin
 from __future__ import annotations
 
 import json
-import os
 import secrets
-import tempfile
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from drcheck.atomic import write_atomically
 from drcheck.store import Store, ts
 
 MAGIC = "drcheck-canary/1"
@@ -31,17 +30,8 @@ def plant(store: Store, test: str, system: str, path: Path, now: datetime) -> Ca
     """Atomically (re)write the canary at `path` and record its token; return it."""
     canary = Canary(system=system, token=secrets.token_hex(16), written_at=now)
     body = json.dumps({"magic": MAGIC, "system": system, "token": canary.token, "written_at": ts(now)})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".drcheck-canary-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(body + "\n")
-        os.utime(tmp, (now.timestamp(), now.timestamp()))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    # readable by whatever user the backup program runs as; it holds no secret
+    write_atomically(path, body + "\n", mtime=now)
     store.record_canary(test, system, str(path), canary.token, now)
     return canary
 

@@ -138,6 +138,9 @@ class RepositoryCheck(Strict):
         pattern=r"^(\d+(\.\d+)?%|\d+/\d+|\d+[KMGT]?)$",
         description="share of pack data to read and verify each run: '5%', '1/7', '2G'",
     )
+    timeout: Duration | None = Field(
+        None, description="limit for the check, which reads pack data (default: agent.job_timeout)"
+    )
 
 
 class ResticProbe(Strict):

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from drcheck import canary, sandbox
+from drcheck.clients import process
 from drcheck.config_loader import LoadedConfig
 from drcheck.context import Progress, RunContext, _no_progress
 from drcheck.probes import module_for as probe_module
@@ -31,6 +32,7 @@ def raise_on_sigterm() -> None:
     """Make SIGTERM raise Interrupted in the main thread, so sandboxes get removed."""
 
     def handler(signum, frame):
+        process.kill_running()  # worker threads' restic calls too, so nothing waits on them
         raise Interrupted(f"interrupted by signal {signal.Signals(signum).name}")
 
     signal.signal(signal.SIGTERM, handler)
@@ -43,6 +45,7 @@ def arm_timeout(seconds: float | None) -> None:
         return
 
     def handler(signum, frame):
+        process.kill_running()
         raise Interrupted(f"timed out after {seconds:.0f}s")
 
     signal.signal(signal.SIGALRM, handler)

@@ -7,8 +7,6 @@ Templates ship in the `drcheck.reports` package; `reports.templates_dir` overrid
 
 from __future__ import annotations
 
-import os
-import tempfile
 from datetime import datetime, timedelta
 from importlib import resources
 from pathlib import Path
@@ -17,6 +15,7 @@ from zoneinfo import ZoneInfo
 import jinja2
 
 from drcheck import __version__
+from drcheck.atomic import write_atomically
 from drcheck.config_loader import LoadedConfig
 from drcheck.durations import format_duration
 from drcheck.status import system_statuses, test_run
@@ -84,14 +83,3 @@ def render_weekly(loaded: LoadedConfig, store: Store, output_dir: Path, now: dat
     html = environment(loaded).get_template("weekly.html.j2").render(**weekly_context(loaded, store, now))
     end = now.astimezone(ZoneInfo(loaded.config.agent.timezone))
     return write_atomically(Path(output_dir) / f"weekly-{end:%Y-%m-%d-%H%M}.html", html)
-
-
-def write_atomically(path: Path, text: str) -> Path:
-    """Write text so readers never see a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-    return path

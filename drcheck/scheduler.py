@@ -34,6 +34,7 @@ from drcheck.results import utcnow
 log = logging.getLogger(__name__)
 
 STOP_GRACE_SECONDS = 30  # how long a child gets to clean up after SIGTERM
+START_MARGIN_SECONDS = 60  # interpreter start, config and database on top of a job's own limit
 
 
 class AgentError(RuntimeError):
@@ -56,11 +57,14 @@ def job_specs(loaded: LoadedConfig) -> list[JobSpec]:
     default = cfg.agent.job_timeout.total_seconds()
     specs: list[JobSpec] = []
     for name, probe in cfg.probes.items():
-        timeout = min(default, probe.timeout.total_seconds() * 3)
+        # a listing is one restic call, a check one long one: each job's deadline is the
+        # limit of the call it makes, plus start-up
         if probe.schedule:
+            timeout = probe.timeout.total_seconds() + START_MARGIN_SECONDS
             specs.append(JobSpec(f"probe:{name}", ("probe", name), probe.schedule, timeout))
         if probe.check.schedule:
-            specs.append(JobSpec(f"check:{name}", ("probe", name, "--check"), probe.check.schedule, default))
+            timeout = (probe.check.timeout or cfg.agent.job_timeout).total_seconds() + START_MARGIN_SECONDS
+            specs.append(JobSpec(f"check:{name}", ("probe", name, "--check"), probe.check.schedule, timeout))
     for name, test in cfg.restore_tests.items():
         timeout = (test.timeout or cfg.agent.job_timeout).total_seconds()
         if test.schedule:

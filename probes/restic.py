@@ -109,7 +109,8 @@ def check(target: ResticProbe, ctx: RunContext) -> ProbeResult:
                          started_at=started, finished_at=started, copy=target.copy)
     subset = target.check.read_data_subset
     try:
-        summary = repository(target).check(subset)
+        limit = target.check.timeout or ctx.loaded.config.agent.job_timeout
+        summary = repository(target).check(subset, timeout=limit.total_seconds())
         result.reason = f"read {subset} of data: {summary}"
     except SecretUnavailable as exc:
         result.status, result.reason = Status.ERROR, str(exc)

@@ -10,9 +10,14 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
+
+
+_running: set[int] = set()  # process groups started by run() and not yet reaped, any thread
+_running_lock = threading.Lock()
 
 
 class CommandTimeout(RuntimeError):
@@ -59,6 +64,8 @@ def run(
     finally:
         if stdout_path:
             out.close()
+    with _running_lock:
+        _running.add(proc.pid)
     try:
         stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -69,11 +76,23 @@ def run(
         kill_group(proc.pid)
         proc.wait()
         raise
+    finally:
+        with _running_lock:
+            _running.discard(proc.pid)
     return Completed(
         list(argv), proc.returncode,
         stdout.decode(errors="replace") if stdout is not None else "",
         stderr.decode(errors="replace"),
     )
+
+
+def kill_running(sig: int = signal.SIGKILL) -> None:
+    """Kill every program run() started that is still running, in whichever thread: a job
+    being interrupted must not wait for a worker thread's hour-long restic call."""
+    with _running_lock:
+        groups = list(_running)
+    for pid in groups:
+        kill_group(pid, sig)
 
 
 def kill_group(pid: int, sig: int = signal.SIGKILL) -> None:

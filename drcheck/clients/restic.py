@@ -154,9 +154,9 @@ class ResticRepository:
         ]
         return sorted(snaps, key=lambda s: s.time)
 
-    def check(self, read_data_subset: str) -> str:
+    def check(self, read_data_subset: str, timeout: float | None = None) -> str:
         """Run `restic check --read-data-subset`; return its summary, raise ResticError."""
-        done = self._run(["check", f"--read-data-subset={read_data_subset}"])
+        done = self._run(["check", f"--read-data-subset={read_data_subset}"], timeout=timeout)
         lines = [line for line in done.stdout.splitlines() if line.strip()]
         return lines[-1] if lines else "no errors were found"
 

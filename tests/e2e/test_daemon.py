@@ -103,18 +103,20 @@ def test_failing_and_hanging_jobs_do_not_stop_the_agent(lab, agent):
     wrong.write_text("nope\n")
     base = lab.base_config()["probes"]["repo"]
     lab.configure(
-        agent={"job_timeout": "3s"},
         probes={
             "repo": {"schedule": {"interval": "1s"}},
-            "hangs": {**base, "restic_command": str(hang), "timeout": "1h", "schedule": {"interval": "1s"}},
+            # restic may take an hour per call here: only the job's own deadline can stop it
+            "hangs": {**base, "restic_command": str(hang), "timeout": "1h"},
             "locked-out": {**base, "password": {"file": str(wrong)}, "schedule": {"interval": "1s"}},
         },
+        restore_tests={"hung-files": {**lab.base_config()["restore_tests"]["app-files"], "probe": "hangs",
+                                      "timeout": "3s", "schedule": {"interval": "1s"}}},
     )
     a = agent()
 
-    wait_for(lambda: count(lab, "SELECT COUNT(*) AS n FROM probe_runs WHERE probe = 'hangs'") >= 1,
-             timeout=90, what="the hanging probe to be timed out")
-    hung = lab.rows("SELECT * FROM probe_runs WHERE probe = 'hangs'")[0]
+    wait_for(lambda: count(lab, "SELECT COUNT(*) AS n FROM restore_tests WHERE test = 'hung-files'") >= 1,
+             timeout=90, what="the hanging restore test to be timed out")
+    hung = lab.rows("SELECT * FROM restore_tests WHERE test = 'hung-files'")[0]
     assert hung["status"] == "error" and "timed out after 3s" in hung["reason"]
     locked = lab.rows("SELECT * FROM probe_runs WHERE probe = 'locked-out'")[0]
     assert locked["status"] == "error" and "wrong repository password" in locked["reason"]
