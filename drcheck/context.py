@@ -15,7 +15,7 @@ class Progress(Protocol):
     def __call__(self, phase: str, done: float | None = None, total: float | None = None) -> None: ...
 
 
-def _no_progress(phase: str, done: float | None = None, total: float | None = None) -> None:
+def no_progress(phase: str, done: float | None = None, total: float | None = None) -> None:
     return None
 
 
@@ -27,5 +27,5 @@ class RunContext:
     name: str
     loaded: LoadedConfig
     store: Store
-    progress: Progress = _no_progress
+    progress: Progress = no_progress
     now: Callable[[], datetime] = field(default=utcnow)

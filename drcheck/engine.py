@@ -15,7 +15,7 @@ from typing import Callable
 from drcheck import canary, sandbox
 from drcheck.clients import process
 from drcheck.config_loader import LoadedConfig
-from drcheck.context import Progress, RunContext, _no_progress
+from drcheck.context import Progress, RunContext, no_progress
 from drcheck.probes import module_for as probe_module
 from drcheck.restore_tests import module_for as restore_module
 from drcheck.results import ProbeResult, RestoreTestResult, Status, utcnow
@@ -75,7 +75,7 @@ def restore_test_error(loaded: LoadedConfig, name: str, started, reason: str,
 
 
 def run_probe(loaded: LoadedConfig, store: Store, name: str, action: str = "snapshots",
-              progress: Progress = _no_progress) -> ProbeResult:
+              progress: Progress = no_progress) -> ProbeResult:
     """Run probe `name` (`action` "snapshots" or "check"), record and return the result."""
     target = loaded.config.probes[name]
     ctx = RunContext(name=name, loaded=loaded, store=store, progress=progress)
@@ -96,7 +96,7 @@ def run_probe(loaded: LoadedConfig, store: Store, name: str, action: str = "snap
 
 
 def run_restore_test(loaded: LoadedConfig, store: Store, name: str,
-                     progress: Progress = _no_progress) -> RestoreTestResult:
+                     progress: Progress = no_progress) -> RestoreTestResult:
     """Run restore test `name`, record and return the result. Leftover sandboxes of dead
     runs are reaped first. An interruption (SIGTERM) is recorded, then re-raised."""
     reap_orphans(loaded, store)
