@@ -14,26 +14,14 @@ import sys
 from pathlib import Path
 
 import click
-from rich import box
 from rich.markup import escape
-from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from drcheck import __version__
 from drcheck.config_loader import ConfigError, LoadedConfig, find_config, load
+from drcheck.console import ProgressView, err, local, out, print_status_table, styled
 from drcheck.durations import format_duration
 from drcheck.results import utcnow
-
-out = Console(soft_wrap=True)  # paths and reasons must stay on one line for scripts
-err = Console(stderr=True, soft_wrap=True)
-
-STATUS_STYLE = {"ok": "green", "passed": "green", "failed": "bold red", "error": "bold yellow"}
-
-
-def styled(status: str) -> str:
-    return f"[{STATUS_STYLE.get(status, 'white')}]{status}[/]"
-
 
 class State:
     def __init__(self, config_path: str | None, config_on_stdin: bool = False):
@@ -94,6 +82,14 @@ def config_validate(state: State) -> None:
               f"{len(cfg.probes)} probe(s), {len(cfg.restore_tests)} restore test(s)")
 
 
+@config.command("example")
+def config_example() -> None:
+    """Print the embedded default drcheck.toml (the demo lab's), a starting point for yours."""
+    from importlib import resources
+
+    click.echo(resources.files("drcheck").joinpath("default.toml").read_text(), nl=False)
+
+
 @config.command("schema")
 @click.option("--runbook", is_flag=True, help="the schema of runbooks/*.toml instead")
 def config_schema(runbook: bool) -> None:
@@ -105,27 +101,32 @@ def config_schema(runbook: bool) -> None:
 
 @cli.command()
 @click.argument("name")
-@click.option("--check", "action", flag_value="check", help="run the repository integrity check instead")
+@click.argument("action", required=False)
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
 @click.option("--timeout", type=float, metavar="SECONDS", help="give up (and record an error) after this long")
 @pass_state
 def probe(state: State, name: str, action: str | None, as_json: bool, timeout: float | None) -> None:
-    """Run probe NAME once: list restore points (or --check the repository)."""
-    from drcheck.engine import arm_timeout, raise_on_sigterm, run_probe
+    """Run one ACTION of probe NAME once (default: its kind's first, which lists restore
+    points). Each kind declares its actions (restic: snapshots, check); an unknown ACTION
+    is refused with the list."""
+    from drcheck.engine import arm_timeout, probe_actions, raise_on_sigterm, run_probe
 
     loaded = state.loaded()
     _require(name, loaded.config.probes, "probe")
+    actions = probe_actions(loaded, name)
+    if action is not None:
+        _require(action, dict.fromkeys(actions), f"action of probe {name}")
     raise_on_sigterm()
     arm_timeout(timeout)
     with state.store() as store, err.status(f"probing {name}…"):
-        result = run_probe(loaded, store, name, action or "snapshots")
+        result = run_probe(loaded, store, name, action)
     if as_json:
         click.echo(json.dumps(_probe_json(result), indent=2))
     else:
         table = Table("system", "copy", "newest restore point", "age", "points", title=f"{name} ({result.action})")
         for p in result.newest:
             age = (result.started_at - p.point_time).total_seconds()
-            table.add_row(p.system, p.copy, _local(loaded, p.point_time), format_duration(age),
+            table.add_row(p.system, p.copy, local(loaded, p.point_time), format_duration(age),
                           str(result.point_counts.get(p.system, "")))
         if result.newest:
             out.print(table)
@@ -153,7 +154,7 @@ def restore_test(state: State, name: str, as_json: bool, timeout: float | None) 
         if as_json or not err.is_terminal:
             result = run_restore_test(loaded, store, name)
         else:
-            with _ProgressView() as view:
+            with ProgressView() as view:
                 result = run_restore_test(loaded, store, name, progress=view)
     if as_json:
         click.echo(json.dumps(_restore_json(result), indent=2))
@@ -198,32 +199,6 @@ def status(state: State, as_json: bool) -> None:
     else:
         print_status_table(loaded, statuses)
     sys.exit(0 if all(s.ok for s in statuses) else 1)
-
-
-def print_status_table(loaded: LoadedConfig, statuses) -> None:
-    """Print one row per system (worst first), then each system's problems in words."""
-    zone = _local(loaded, utcnow(), "%Z")
-    table = Table("system", "tier", "RTO/RPO\ntarget", "point\nage", f"last test\n({zone})", "RTO", "RPO",
-                  "result", title="drcheck status", box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0))
-    for column in table.columns:
-        column.no_wrap = True
-    several_copies = len(loaded.config.copies) > 1
-    for s in statuses:
-        points = "\n".join((f"{p.copy} " if several_copies else "") + format_duration(p.age_seconds)
-                           + ("" if p.within_rpo else " [red]✗[/]") for p in s.points) or "[red]none[/]"
-        t = s.last_test
-        last = f"{styled(t.status)}\n[dim]{_local(loaded, t.started_at, '%m-%d %H:%M')}[/]" if t else "[red]never[/]"
-        table.add_row(s.system, str(s.tier),
-                      f"{format_duration(s.rto_target_seconds)} / {format_duration(s.rpo_target_seconds)}",
-                      points, last, _vs(t.rto_seconds, s.rto_target_seconds) if t else "—",
-                      _vs(t.rpo_seconds, s.rpo_target_seconds) if t else "—",
-                      "[green]OK[/]" if s.ok else "[bold red]FAIL[/]")
-    out.print(table)
-    for s in statuses:
-        if s.problems:
-            out.print(f"[bold red]{s.system}[/] ({escape(s.name)}, tier {s.tier}, owner {escape(s.owner)}):")
-            for problem in s.problems:
-                out.print(f"  • {problem}", markup=False, highlight=False)
 
 
 @cli.group()
@@ -277,19 +252,6 @@ def _require(name: str, known: dict, what: str) -> None:
         sys.exit(1)
 
 
-def _local(loaded: LoadedConfig, when, fmt: str = "%Y-%m-%d %H:%M %Z") -> str:
-    from zoneinfo import ZoneInfo
-
-    return when.astimezone(ZoneInfo(loaded.config.agent.timezone)).strftime(fmt) if when else "—"
-
-
-def _vs(measured: float | None, target: float) -> str:
-    if measured is None:
-        return "—"
-    colour = "green" if measured <= target else "red"
-    return f"[{colour}]{format_duration(measured)}[/]"
-
-
 def _probe_json(result) -> dict:
     return {
         "probe": result.probe, "action": result.action, "status": result.status.value, "reason": result.reason,
@@ -323,32 +285,13 @@ def _print_restore(loaded: LoadedConfig, result) -> None:
         out.print(table)
     if result.point_time:
         out.print(f"restore point {result.point_id[:8] if result.point_id else ''} of "
-                  f"{_local(loaded, result.point_time)}: {result.files_restored} files, "
+                  f"{local(loaded, result.point_time)}: {result.files_restored} files, "
                   f"{(result.bytes_restored or 0) / 1e6:.1f} MB")
     out.print(f"restore {format_duration(result.restore_seconds)}, verify {format_duration(result.verify_seconds)}; "
               f"RTO {format_duration(result.rto_seconds)} (target {format_duration(result.rto_target_seconds)}), "
               f"RPO {format_duration(result.rpo_seconds)} via {result.rpo_source or '—'} "
               f"(target {format_duration(result.rpo_target_seconds)})")
     out.print(f"{result.test}: {styled(result.status.value)}" + (f" — {escape(result.reason)}" if result.reason else ""))
-
-
-class _ProgressView:
-    """A rich progress display fed by restore-test phase updates."""
-
-    watching = True
-
-    def __enter__(self):
-        self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
-                                 DownloadColumn(), TimeElapsedColumn(), console=err, transient=True)
-        self.progress.__enter__()
-        self.task = self.progress.add_task("starting", total=None)
-        return self
-
-    def __call__(self, phase: str, done: float | None = None, total: float | None = None) -> None:
-        self.progress.update(self.task, description=phase, completed=done or 0, total=total)
-
-    def __exit__(self, *exc):
-        self.progress.__exit__(*exc)
 
 
 def main() -> None:

@@ -1,39 +1,25 @@
 """The configuration schema: `drcheck.toml` plus one `runbooks/<system>.toml` per system.
 
 Every key is documented here with its default (the docstrings and `Field(description=…)`
-become the published JSON schema). Unknown keys are rejected. Secrets are `SecretRef`s,
+become the published JSON schema). Each probe and restore-test kind's own keys live in its
+module (`probes/<kind>.py`, `restore_tests/<kind>.py`) as its `Target` model; `probes` and
+`restore_tests` are unions of the registered kinds, told apart by `kind`. Unknown keys are rejected. Secrets are `SecretRef`s,
 never inline strings. Relative paths are resolved against the directory of the file that
 names them. Loading and error reporting live in `drcheck.config_loader`.
 """
 
 from __future__ import annotations
 
-import re
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Union
 
-from pydantic import (
-    Field,
-    ValidationError,
-    ValidationInfo,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, Field, field_validator
 
-
-from drcheck.config_types import (
-    Name,
-    Duration,
-    resolve_path,
-    ConfigPath,
-    SECRET_HINT,
-    SECRETISH_NAME,
-    Strict,
-    SecretSpec,
-    EnvValue,
-    Schedule,
-)
+from drcheck.config_types import ConfigPath, Duration, Name, Schedule, Strict
+from drcheck.kinds import target_models
+from drcheck.probes import REGISTRY as PROBE_KINDS
+from drcheck.restore_tests import REGISTRY as RESTORE_TEST_KINDS
 
 
 class AgentConfig(Strict):
@@ -112,152 +98,15 @@ class CopyConfig(Strict):
     description: str = Field("", description="free text shown in reports")
 
 
-class SystemMapping(Strict):
-    """Which backups belong to a system. A snapshot matches when every given criterion
-    matches: its host is one of `hosts`, it carries all `tags`, and one of its paths is
-    each of `paths` or an ancestor of it."""
-
-    system: Name = Field(..., description="system name (a runbook file stem)")
-    hosts: list[str] = Field(default_factory=list, description="snapshot host names")
-    tags: list[str] = Field(default_factory=list, description="tags a snapshot must all carry")
-    paths: list[ConfigPath] = Field(default_factory=list, description="source paths of the system")
-
-    @model_validator(mode="after")
-    def _some_criterion(self) -> "SystemMapping":
-        if not (self.hosts or self.tags or self.paths):
-            raise ValueError("give at least one of hosts, tags, paths")
-        return self
+def kind_union(models: list[type[BaseModel]]) -> Any:
+    """One config type for every registered kind, told apart by its `kind` key."""
+    if len(models) == 1:
+        return models[0]
+    return Annotated[Union[tuple(models)], Field(discriminator="kind")]
 
 
-class RepositoryCheck(Strict):
-    """A repository integrity check (`restic check --read-data-subset`)."""
-
-    schedule: Schedule | None = Field(None, description="when to run it (default: only on demand)")
-    read_data_subset: str = Field(
-        "5%",
-        pattern=r"^(\d+(\.\d+)?%|\d+/\d+|\d+[KMGT]?)$",
-        description="share of pack data to read and verify each run: '5%', '1/7', '2G'",
-    )
-    timeout: Duration | None = Field(
-        None, description="limit for the check, which reads pack data (default: agent.job_timeout)"
-    )
-
-
-class ResticProbe(Strict):
-    """A restic repository (local path, sftp:, s3:, rest:, …)."""
-
-    kind: Literal["restic"]
-    copy: Name = Field(..., description="the copy (from [copies]) this repository is")
-    repository: str = Field(..., min_length=1, description="repository location as restic takes it")
-    password: SecretSpec = Field(..., description="repository password (secret reference)")
-    restic_command: str = Field("restic", description="restic binary")
-    environment: dict[str, EnvValue] = Field(
-        default_factory=dict,
-        description="extra environment for restic (e.g. AWS_ACCESS_KEY_ID = { env = '…' })",
-    )
-    schedule: Schedule | None = Field(None, description="when to list snapshots")
-    timeout: Duration = Field(timedelta(minutes=10), description="timeout of each restic call")
-    check: RepositoryCheck = Field(default_factory=RepositoryCheck, description="integrity check")
-    systems: list[SystemMapping] = Field(..., min_length=1, description="snapshot-to-system rules")
-
-    @field_validator("repository", mode="after")
-    @classmethod
-    def _repository(cls, value: str, info: ValidationInfo) -> str:
-        if re.search(r"://[^/@\s]*:[^/@\s]+@", value):
-            raise ValueError(f"credentials inside the repository URL are inline secrets; {SECRET_HINT}")
-        if re.match(r"^[a-z0-9]+:", value) and not re.match(r"^[A-Za-z]:\\", value):
-            return value
-        return str(resolve_path(Path(value), info))
-
-    @field_validator("environment", mode="wrap")
-    @classmethod
-    def _secretish_env(cls, value: Any, handler) -> dict[str, Any]:
-        # one error per inline secret, at environment.<NAME>, reported together with the
-        # other errors of the table; the value itself is never included
-        inline = [
-            name for name, item in (value.items() if isinstance(value, dict) else ())
-            if isinstance(item, (str, int, float)) and not isinstance(item, bool)
-            and isinstance(name, str) and SECRETISH_NAME.search(name)
-        ]
-        try:
-            result, other = handler(value), []
-        except ValidationError as exc:
-            if not inline:
-                raise
-            other = [{k: e[k] for k in ("type", "loc", "input", "ctx") if k in e} for e in exc.errors()]
-        if inline:
-            problem = ValueError(f"inline secrets are not allowed; {SECRET_HINT}")
-            raise ValidationError.from_exception_data(
-                "environment",
-                other + [{"type": "value_error", "loc": (name,), "input": "<hidden>", "ctx": {"error": problem}}
-                         for name in inline],
-            )
-        return result
-
-
-class CanaryConfig(Strict):
-    """A canary file drcheck plants in the live source and expects in the restore."""
-
-    path: Path = Field(
-        Path(".drcheck-canary"),
-        description="canary location; relative paths are under the system's source path",
-    )
-    plant_schedule: Schedule | None = Field(None, description="when to (re)write the canary")
-    max_age: Duration | None = Field(
-        None, description="oldest acceptable canary in a restore (default: the runbook's RPO)"
-    )
-
-
-class SpotCheck(Strict):
-    """Hash a random sample of restored files that are unchanged at the live source
-    (same size and mtime as in the snapshot) and compare with the live file."""
-
-    files: int = Field(20, strict=True, ge=0, description="at least this many files")
-    percent: float = Field(0.0, strict=True, ge=0, le=100, description="at least this share of eligible files")
-    source_root: ConfigPath = Field(
-        Path("/"), description="where the snapshot's absolute paths live now"
-    )
-
-
-class CommandCheck(Strict):
-    """A command run against the restored tree. `{restore}` is the sandbox, `{data}` the
-    restored copy of the system's source path."""
-
-    name: str | None = Field(None, description="label in results (default: the command)")
-    run: list[str] = Field(..., min_length=1, description="argv; no shell")
-    expect_exit: int = Field(0, strict=True, description="expected exit status")
-    expect_output: str | None = Field(None, description="regular expression stdout must match")
-    timeout: Duration = Field(timedelta(minutes=5), description="kill the command after this")
-
-    @field_validator("expect_output")
-    @classmethod
-    def _regex(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                re.compile(value)
-            except (re.error, OverflowError, RecursionError) as exc:
-                raise ValueError(f"not a valid regular expression: {exc}") from None
-        return value
-
-
-class FilesRestoreTest(Strict):
-    """Restore a system's newest restore point into a sandbox directory and verify it."""
-
-    kind: Literal["files"]
-    probe: Name = Field(..., description="the probe (from [probes]) whose repository to restore from")
-    system: Name = Field(..., description="the system to restore")
-    schedule: Schedule | None = Field(None, description="when to run (default: only on demand)")
-    timeout: Duration | None = Field(None, description="overall limit (default: agent.job_timeout)")
-    target_dir: ConfigPath | None = Field(
-        None, description="restore here instead of a fresh directory; must be inside agent.sandbox_root"
-    )
-    expected_paths: list[Path] = Field(
-        default_factory=list,
-        description="must exist and be non-empty; relative paths are under the system's source path",
-    )
-    canary: CanaryConfig | None = Field(None, description="canary planting and freshness check")
-    spot_check: SpotCheck | None = Field(default_factory=SpotCheck, description="hash comparison")
-    commands: list[CommandCheck] = Field(default_factory=list, description="application checks")
+ProbeTargets = kind_union(target_models(PROBE_KINDS))
+RestoreTestTargets = kind_union(target_models(RESTORE_TEST_KINDS))
 
 
 class Config(Strict):
@@ -268,8 +117,8 @@ class Config(Strict):
     reports: ReportsConfig = Field(default_factory=ReportsConfig)
     sites: dict[Name, SiteConfig] = Field(default_factory=dict)
     copies: dict[Name, CopyConfig] = Field(default_factory=dict)
-    probes: dict[Name, ResticProbe] = Field(default_factory=dict)
-    restore_tests: dict[Name, FilesRestoreTest] = Field(default_factory=dict)
+    probes: dict[Name, ProbeTargets] = Field(default_factory=dict)
+    restore_tests: dict[Name, RestoreTestTargets] = Field(default_factory=dict)
 
 
 class RecoveryStep(Strict):

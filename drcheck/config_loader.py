@@ -20,7 +20,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from drcheck.config import Config, FilesRestoreTest, ResticProbe, Runbook
+from drcheck.config import Config, Runbook
 
 DEFAULT_LOCATIONS = (Path("drcheck.toml"), Path("/etc/drcheck/drcheck.toml"))
 
@@ -40,6 +40,7 @@ class LoadedConfig:
     path: Path
     config: Config
     runbooks: dict[str, Runbook] = field(default_factory=dict)
+    invalid_runbooks: frozenset[str] = frozenset()  # runbook files that exist but failed validation
 
     @property
     def base_dir(self) -> Path:
@@ -49,18 +50,20 @@ class LoadedConfig:
     def database_path(self) -> Path:
         return self.config.agent.state_dir / "drcheck.db"
 
-    def system_source_paths(self, probe: str, system: str) -> list[Path]:
-        """Return the source paths the probe's mapping rules give for a system."""
-        rules = self.config.probes[probe].systems
-        return [p for rule in rules if rule.system == system for p in rule.paths]
-
     def source_path(self, probe: str, system: str, path: Path) -> PurePosixPath:
         """Map a configured path (canary, expected path) to the live/snapshot absolute path:
         a relative one lies under the system's single source path (checked at load)."""
         if path.is_absolute():
             return PurePosixPath(path)
-        (base,) = self.system_source_paths(probe, system)
+        (base,) = self.config.probes[probe].source_paths(system)
         return PurePosixPath(base) / path
+
+    def unknown_system(self, name: str) -> str | None:
+        """A message when `name` is no runbook's system, else None (also for a runbook
+        that exists but is invalid: its own errors say what is wrong)."""
+        if name in self.runbooks or name in self.invalid_runbooks:
+            return None
+        return f"unknown system {name!r} (known: {', '.join(sorted(self.runbooks)) or 'none defined'})"
 
 
 def find_config(explicit: str | os.PathLike | None) -> Path:
@@ -94,10 +97,10 @@ def load(path: str | os.PathLike) -> LoadedConfig:
             _load_runbooks(runbooks_dir, path, errors)  # report their schema errors too
         raise ConfigError(errors)
     runbooks = _load_runbooks(config.agent.runbooks_dir, path, errors)
-    loaded = LoadedConfig(path=path, config=config, runbooks=runbooks)
     # a runbook that exists but is invalid has its own errors; references to it are not unknown
-    invalid = _runbook_stems(config.agent.runbooks_dir) - runbooks.keys()
-    errors.extend(cross_reference_errors(loaded, invalid))
+    invalid = frozenset(_runbook_stems(config.agent.runbooks_dir) - runbooks.keys())
+    loaded = LoadedConfig(path=path, config=config, runbooks=runbooks, invalid_runbooks=invalid)
+    errors.extend(cross_reference_errors(loaded))
     if errors:
         raise ConfigError(errors)
     return loaded
@@ -243,69 +246,40 @@ def _kind_of(model: type[BaseModel]) -> str | None:
     return args[0] if args else None
 
 
-def cross_reference_errors(loaded: LoadedConfig, invalid_systems=frozenset()) -> list[str]:
-    """Return one message per broken reference between sections and runbooks. References
-    to `invalid_systems` (runbook files that failed validation) are not reported."""
+def cross_reference_errors(loaded: LoadedConfig) -> list[str]:
+    """Return one message per broken reference between sections and runbooks: the generic
+    ones here, each kind's own from its target's `references(loaded)`."""
     cfg = loaded.config
     where = _display(loaded.path)
     errors: list[str] = []
 
-    def unknown(key: str, kind: str, value: str, known) -> None:
-        if kind == "system" and value in invalid_systems:
-            return
-        choices = ", ".join(sorted(known)) or "none defined"
-        errors.append(f"{where}: {key}: unknown {kind} {value!r} (known: {choices})")
+    def report(key: str, message: str | None) -> None:
+        if message:
+            errors.append(f"{where}: {key}: {message}")
 
-    if cfg.agent.site and cfg.agent.site not in cfg.sites:
-        unknown("agent.site", "site", cfg.agent.site, cfg.sites)
+    def known(kind: str, value: str, choices) -> str | None:
+        if value in choices:
+            return None
+        return f"unknown {kind} {value!r} (known: {', '.join(sorted(choices)) or 'none defined'})"
+
+    if cfg.agent.site:
+        report("agent.site", known("site", cfg.agent.site, cfg.sites))
     for name, copy in cfg.copies.items():
-        if copy.site not in cfg.sites:
-            unknown(f"copies.{name}.site", "site", copy.site, cfg.sites)
+        report(f"copies.{name}.site", known("site", copy.site, cfg.sites))
     for name, probe in cfg.probes.items():
-        if probe.copy not in cfg.copies:
-            unknown(f"probes.{name}.copy", "copy", probe.copy, cfg.copies)
-        for i, rule in enumerate(probe.systems):
-            if rule.system not in loaded.runbooks:
-                unknown(f"probes.{name}.systems[{i}].system", "system", rule.system, loaded.runbooks)
+        report(f"probes.{name}.copy", known("copy", probe.copy, cfg.copies))
+        for key, message in probe.references(loaded):
+            report(f"probes.{name}" + (f".{key}" if key else ""), message)
     for name, test in cfg.restore_tests.items():
-        errors.extend(_restore_test_errors(loaded, name, test, where, unknown))
+        report(f"restore_tests.{name}.system", loaded.unknown_system(test.system))
+        probe_problem = known("probe", test.probe, cfg.probes)
+        report(f"restore_tests.{name}.probe", probe_problem)
+        if probe_problem is None:
+            for key, message in test.references(loaded):
+                report(f"restore_tests.{name}" + (f".{key}" if key else ""), message)
     for system, runbook in loaded.runbooks.items():
+        file = _display(cfg.agent.runbooks_dir / f"{system}.toml")
         for i, dep in enumerate(runbook.depends_on):
-            if dep not in loaded.runbooks and dep not in invalid_systems:
-                file = _display(cfg.agent.runbooks_dir / f"{system}.toml")
-                choices = ", ".join(sorted(loaded.runbooks))
-                errors.append(f"{file}: depends_on[{i}]: unknown system {dep!r} (known: {choices})")
+            if (problem := loaded.unknown_system(dep)):
+                errors.append(f"{file}: depends_on[{i}]: {problem}")
     return errors
-
-
-def _restore_test_errors(loaded, name: str, test: FilesRestoreTest, where: str, unknown) -> list[str]:
-    cfg = loaded.config
-    errors: list[str] = []
-    key = f"restore_tests.{name}"
-    if test.system not in loaded.runbooks:
-        unknown(f"{key}.system", "system", test.system, loaded.runbooks)
-    if test.probe not in cfg.probes:
-        unknown(f"{key}.probe", "probe", test.probe, cfg.probes)
-        return errors
-    probe: ResticProbe = cfg.probes[test.probe]
-    if not any(rule.system == test.system for rule in probe.systems):
-        errors.append(f"{where}: {key}.system: probe {test.probe!r} maps no snapshots to {test.system!r}")
-    uses_relative = (test.canary is not None and not test.canary.path.is_absolute()) or any(
-        not p.is_absolute() for p in test.expected_paths
-    )
-    sources = loaded.system_source_paths(test.probe, test.system)
-    if uses_relative and len(sources) != 1:
-        errors.append(
-            f"{where}: {key}: canary and relative expected_paths need exactly one source path "
-            f"for {test.system!r} in probes.{test.probe}.systems (found {len(sources)})"
-        )
-    if test.target_dir is not None and not _is_under_base(test.target_dir, cfg.agent.sandbox_root):
-        errors.append(
-            f"{where}: {key}.target_dir: {test.target_dir} is outside agent.sandbox_root "
-            f"({cfg.agent.sandbox_root}); restores only happen inside the sandbox"
-        )
-    return errors
-
-
-def _is_under_base(path: Path, base: Path) -> bool:
-    return path == base or base in path.parents

@@ -1,9 +1,10 @@
 """`drcheck demo`: build a small local lab from the configuration and run one full cycle.
 
-The lab is whatever the configuration describes: for each local restic repository it
-creates sample data at every system's source path, a repository, and four snapshots over
-the last three days (planting canaries before each), then probes, checks, test-restores
-every system, prints the status table, renders the weekly report and writes the metrics.
+The lab is whatever the configuration describes: sample data at every system's source
+path, a repository for every probe (each kind builds its own through `lab_repository`),
+and four backups over the last three days (planting canaries before each); then every
+probe action, a test restore of every test, the status table, the weekly report and the
+metrics.
 One system (payroll) stops being backed up after the first snapshot, so the demo shows
 how drcheck reports a missed backup.
 """
@@ -11,9 +12,7 @@ how drcheck reports a missed backup.
 from __future__ import annotations
 
 import logging
-import os
 import random
-import secrets
 import shutil
 import sqlite3
 from datetime import timedelta
@@ -21,8 +20,9 @@ from pathlib import Path
 
 from rich.markup import escape
 
-from drcheck.clients import process
+from drcheck.clients import SourceError
 from drcheck.config_loader import LoadedConfig
+from drcheck.kinds import LabRepository, probe_module
 from drcheck.durations import format_duration
 from drcheck.results import Status, utcnow
 
@@ -58,19 +58,32 @@ def lab_root(loaded: LoadedConfig) -> Path:
     return loaded.base_dir / "var" / "lab"
 
 
+def lab_repositories(loaded: LoadedConfig) -> dict[str, LabRepository]:
+    """The demo side of every configured probe (its kind's `lab_repository`); SystemExit
+    for a kind that offers none."""
+    repos = {}
+    for name, probe in loaded.config.probes.items():
+        module = probe_module(probe.kind)
+        if not hasattr(module, "lab_repository"):
+            raise SystemExit(f"drcheck demo: probes.{name}: the {probe.kind} kind cannot build a demo lab")
+        repos[name] = module.lab_repository(probe)
+    return repos
+
+
 def check_demo_config(loaded: LoadedConfig) -> Path:
     """Refuse (SystemExit) unless every repository, password file and source path the demo
     would (re)create lies inside the lab directory, and that directory is a demo lab or
     new. `drcheck demo` must never touch real data, whatever config it was pointed at."""
     root = lab_root(loaded)
     outside = []
-    for name, probe in loaded.config.probes.items():
-        owned = [Path(probe.repository)] if ":" not in probe.repository else []
-        owned += [probe.password.file] if probe.password.file else []
-        owned += [p for rule in probe.systems for p in rule.paths]
+    for name, repo in lab_repositories(loaded).items():
+        try:
+            owned = repo.owned_paths()
+        except ValueError as exc:
+            outside.append(f"probes.{name}: {exc}")
+            continue
+        owned += [p for rule in loaded.config.probes[name].systems for p in rule.paths]
         outside += [f"probes.{name}: {p}" for p in owned if root not in Path(p).parents]
-        if ":" in probe.repository or probe.password.file is None:
-            outside.append(f"probes.{name}: not a local restic repository with a password file")
     if outside:
         raise SystemExit("drcheck demo builds its lab only under " + str(root) + " and only from the demo "
                          "configuration; refusing because of:\n  " + "\n  ".join(outside))
@@ -80,8 +93,9 @@ def check_demo_config(loaded: LoadedConfig) -> Path:
 
 
 def build_lab(loaded: LoadedConfig, say=print) -> None:
-    """Create sample sources, restic repositories and dated snapshots for the demo config
-    inside `lab_root` (checked first by check_demo_config)."""
+    """Create sample sources, repositories (every probe's) and dated backups for the demo
+    config inside `lab_root` (checked first by check_demo_config): each generation changes
+    every system's data once, plants its canaries, then every repository backs it up."""
     from drcheck.engine import open_store, plant_canary
 
     root = check_demo_config(loaded)
@@ -90,80 +104,73 @@ def build_lab(loaded: LoadedConfig, say=print) -> None:
     (root / LAB_MARKER).write_text("built by `drcheck demo`; safe to delete\n")
     rng = random.Random(7)
     now = utcnow()
+    cfg = loaded.config
+    repos = lab_repositories(loaded)
+    for name, repo in repos.items():
+        try:
+            repo.init()
+        except SourceError as exc:
+            raise SystemExit(f"demo: cannot create the repository of probes.{name}: {exc}") from None
+        say(f"  {cfg.probes[name].kind} repository for {name} ({cfg.probes[name].copy})")
+    systems = {rule.system: rule.paths for probe in cfg.probes.values() for rule in probe.systems}
     with open_store(loaded) as store:
-        for probe_name, probe in loaded.config.probes.items():
-            repo = Path(probe.repository)
-            password_file = probe.password.file
-            password_file.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(password_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as handle:
-                handle.write(secrets.token_urlsafe(24) + "\n")
-            env = {"RESTIC_REPOSITORY": str(repo), "RESTIC_PASSWORD_FILE": str(password_file)}
-            _restic(probe.restic_command, ["init"], env)
-            say(f"  restic repository {repo}")
-            for generation, age in enumerate(SNAPSHOT_AGES):
-                taken = now - age
-                for rule in probe.systems:
-                    if generation and rule.system in STALE_SYSTEMS:
-                        continue
-                    for path in rule.paths:
-                        make_sample_data(Path(path), rule.system, generation, rng)
-                    for test_name, test in loaded.config.restore_tests.items():
-                        if test.system == rule.system and test.probe == probe_name and test.canary:
-                            plant_canary(loaded, store, test_name, now=lambda t=taken: t - timedelta(minutes=1))
-                    args = ["backup", "--quiet", "--time", taken.strftime("%Y-%m-%d %H:%M:%S"),
-                            "--host", (rule.hosts or [rule.system])[0], *[str(p) for p in rule.paths]]
-                    for tag in rule.tags:
-                        args += ["--tag", tag]
-                    _restic(probe.restic_command, args, env)
-                say(f"  snapshot taken {format_duration(age.total_seconds())} ago")
-
-
-def _restic(command: str, args: list[str], env: dict[str, str]) -> None:
-    # restic --time takes local wall-clock time; run it in UTC so our UTC stamps are exact.
-    done = process.run([command, *args], timeout=600, env={**env, "TZ": "UTC"})
-    if done.returncode != 0:
-        raise SystemExit(f"demo: restic {args[0]} failed: {done.stderr.strip()[-400:]}")
+        for generation, age in enumerate(SNAPSHOT_AGES):
+            taken = now - age
+            current = [s for s in sorted(systems) if not (generation and s in STALE_SYSTEMS)]
+            for system in current:
+                for path in systems[system]:
+                    make_sample_data(Path(path), system, generation, rng)
+                for test_name, test in cfg.restore_tests.items():
+                    if test.system == system and getattr(test, "canary", None):
+                        plant_canary(loaded, store, test_name, now=lambda t=taken: t - timedelta(minutes=1))
+            for name, repo in repos.items():
+                for rule in cfg.probes[name].systems:
+                    if rule.system in current:
+                        try:
+                            repo.backup(list(rule.paths), (rule.hosts or [rule.system])[0], rule.tags, taken)
+                        except SourceError as exc:
+                            raise SystemExit(f"demo: backup of {rule.system} into {name} failed: {exc}") from None
+            say(f"  backups taken {format_duration(age.total_seconds())} ago")
 
 
 def run_demo(state) -> int:
     """Build the lab and run one cycle; return the exit status for the CLI: 0 when every
     result is what the lab was built to produce (all good but the stale systems)."""
-    from drcheck import cli
-    from drcheck.engine import open_store, run_probe, run_restore_test
+    from drcheck import console
+    from drcheck.engine import open_store, probe_actions, run_probe, run_restore_test
     from drcheck.metrics import write_textfile
     from drcheck.reporting import render_weekly
     from drcheck.status import system_statuses
 
     loaded: LoadedConfig = state.loaded()
-    say = cli.out.print
+    say = console.out.print
     say("[bold]1. Building the demo lab[/]")
     build_lab(loaded, say)
     with open_store(loaded) as store:
         unexpected: list[str] = []
         say("[bold]2. Probing repositories[/]")
         for name in loaded.config.probes:
-            for action in ("snapshots", "check"):
+            for action in probe_actions(loaded, name):
                 result = run_probe(loaded, store, name, action)
-                say(f"  {name} {action}: {cli.styled(result.status.value)} {escape(result.reason)}")
+                say(f"  {name} {action}: {console.styled(result.status.value)} {escape(result.reason)}")
                 if result.status is Status.ERROR or (result.status is Status.FAILED and
                                                      {f.system for f in result.findings if f.system} - STALE_SYSTEMS):
                     unexpected.append(f"{name} {action}: {result.reason}")
         say("[bold]3. Test restores[/]")
         for name in loaded.config.restore_tests:
-            if cli.err.is_terminal:
-                with cli._ProgressView() as view:
+            if console.err.is_terminal:
+                with console.ProgressView() as view:
                     result = run_restore_test(loaded, store, name, progress=view)
             else:
                 result = run_restore_test(loaded, store, name)
-            say(f"  {name}: {cli.styled(result.status.value)} "
-                f"(RTO {cli.format_duration(result.rto_seconds)}, RPO {cli.format_duration(result.rpo_seconds)})"
+            say(f"  {name}: {console.styled(result.status.value)} "
+                f"(RTO {format_duration(result.rto_seconds)}, RPO {format_duration(result.rpo_seconds)})"
                 + (f" — {escape(result.reason)}" if result.reason else ""))
             if not result.status.good and result.system not in STALE_SYSTEMS:
                 unexpected.append(f"{name}: {result.reason}")
         say("[bold]4. Status[/]")
         now = utcnow()
-        cli.print_status_table(loaded, system_statuses(loaded, store, now))
+        console.print_status_table(loaded, system_statuses(loaded, store, now))
         report = render_weekly(loaded, store, loaded.config.reports.output_dir, now)
         metrics = write_textfile(loaded, store, loaded.config.agent.state_dir / "metrics.prom")
     say(f"\n[bold]Weekly report:[/] {report}")
@@ -173,8 +180,8 @@ def run_demo(state) -> int:
     say("The payroll failure is on purpose: its backups stopped three days ago, and drcheck "
         "reports the missed RPO exactly as it would in production.")
     if unexpected:
-        cli.err.print("[red]The demo did not go as built; unexpected results:[/]")
+        console.err.print("[red]The demo did not go as built; unexpected results:[/]")
         for line in unexpected:
-            cli.err.print(f"  {line}", markup=False)
+            console.err.print(f"  {line}", markup=False)
         return 1
     return 0

@@ -16,8 +16,7 @@ from drcheck import canary, sandbox
 from drcheck.clients import process
 from drcheck.config_loader import LoadedConfig
 from drcheck.context import Progress, RunContext, no_progress
-from drcheck.probes import module_for as probe_module
-from drcheck.restore_tests import module_for as restore_module
+from drcheck.kinds import probe_module, restore_test_module
 from drcheck.results import ProbeResult, RestoreTestResult, Status, utcnow
 from drcheck.store import Store, parse_ts
 
@@ -74,15 +73,22 @@ def restore_test_error(loaded: LoadedConfig, name: str, started, reason: str,
                              copy=probe.copy if probe else None, sandbox=sandbox, reason=reason)
 
 
-def run_probe(loaded: LoadedConfig, store: Store, name: str, action: str = "snapshots",
+def probe_actions(loaded: LoadedConfig, name: str) -> list[str]:
+    """The actions probe `name`'s kind declares, the default first."""
+    return list(probe_module(loaded.config.probes[name].kind).ACTIONS)
+
+
+def run_probe(loaded: LoadedConfig, store: Store, name: str, action: str | None = None,
               progress: Progress = no_progress) -> ProbeResult:
-    """Run probe `name` (`action` "snapshots" or "check"), record and return the result."""
+    """Run one action of probe `name` (default: its kind's first), record and return the
+    result. Raise KeyError for an action the kind does not declare."""
     target = loaded.config.probes[name]
     ctx = RunContext(name=name, loaded=loaded, store=store, progress=progress)
-    module = probe_module(target.kind)
+    actions = probe_module(target.kind).ACTIONS
+    action = action or next(iter(actions))
+    func = actions[action]
     started = utcnow()
     try:
-        func = module.probe if action == "snapshots" else getattr(module, action)
         result = func(target, ctx)
     except (Interrupted, KeyboardInterrupt) as exc:
         store.record_probe(probe_error(loaded, name, action, started, str(exc) or "interrupted"))
@@ -104,7 +110,7 @@ def run_restore_test(loaded: LoadedConfig, store: Store, name: str,
     ctx = RunContext(name=name, loaded=loaded, store=store, progress=progress)
     started = utcnow()
     try:
-        result = restore_module(target.kind).run(target, ctx)
+        result = restore_test_module(target.kind).run(target, ctx)
     except (Interrupted, KeyboardInterrupt) as exc:
         store.record_restore_test(restore_test_error(loaded, name, started, str(exc) or "interrupted"))
         raise

@@ -26,9 +26,10 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from drcheck.clients.process import kill_session, session_members
-from drcheck.config import Schedule
+from drcheck.config_types import Schedule
 from drcheck.config_loader import ConfigError, LoadedConfig, load
 from drcheck.engine import open_store, probe_error, reap_orphans, restore_test_error
+from drcheck.kinds import action_timeout, probe_module
 from drcheck.results import utcnow
 
 log = logging.getLogger(__name__)
@@ -57,14 +58,12 @@ def job_specs(loaded: LoadedConfig) -> list[JobSpec]:
     default = cfg.agent.job_timeout.total_seconds()
     specs: list[JobSpec] = []
     for name, probe in cfg.probes.items():
-        # a listing is one restic call, a check one long one: each job's deadline is the
-        # limit of the call it makes, plus start-up
-        if probe.schedule:
-            timeout = probe.timeout.total_seconds() + START_MARGIN_SECONDS
-            specs.append(JobSpec(f"probe:{name}", ("probe", name), probe.schedule, timeout))
-        if probe.check.schedule:
-            timeout = (probe.check.timeout or cfg.agent.job_timeout).total_seconds() + START_MARGIN_SECONDS
-            specs.append(JobSpec(f"check:{name}", ("probe", name, "--check"), probe.check.schedule, timeout))
+        # each action's deadline is the limit of the work it does, plus start-up
+        for action in probe_module(probe.kind).ACTIONS:
+            schedule = getattr(probe, action).schedule
+            if schedule:
+                timeout = action_timeout(probe, action, cfg.agent.job_timeout).total_seconds() + START_MARGIN_SECONDS
+                specs.append(JobSpec(f"probe:{name}:{action}", ("probe", name, action), schedule, timeout))
     for name, test in cfg.restore_tests.items():
         timeout = (test.timeout or cfg.agent.job_timeout).total_seconds()
         if test.schedule:
@@ -265,7 +264,7 @@ class Daemon:
 
 
 def _probe_action(spec: JobSpec) -> str:
-    return "check" if "--check" in spec.args else "snapshots"
+    return spec.args[2]
 
 
 def _signal(pid: int, sig: int) -> None:

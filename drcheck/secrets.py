@@ -10,8 +10,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from drcheck.clients import SourceError
 
-class SecretUnavailable(RuntimeError):
+
+class SecretUnavailable(SourceError):
     """The referenced secret could not be read (missing variable, file or credential)."""
 
 
@@ -64,3 +66,14 @@ class SecretRef:
             return path.read_text().rstrip("\r\n")
         except OSError as exc:
             raise SecretUnavailable(f"{self.describe()}: cannot read ({exc.strerror})") from None
+
+
+def write_secret_file(path: Path) -> None:
+    """Create (or replace) `path` holding a fresh random secret, readable by its owner only
+    (demo labs and tests: real secrets are the operator's)."""
+    import secrets
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secrets.token_urlsafe(24) + "\n")

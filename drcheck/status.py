@@ -9,6 +9,7 @@ from typing import Any
 
 from drcheck.config_loader import LoadedConfig
 from drcheck.durations import format_duration
+from drcheck.kinds import probe_module
 from drcheck.store import Store, parse_ts
 
 
@@ -88,7 +89,7 @@ def system_statuses(loaded: LoadedConfig, store: Store, now: datetime) -> list[S
     probe keeps its history in the store but no longer decides a verdict.
     """
     cfg = loaded.config
-    probes_of = {system: [n for n, p in cfg.probes.items() if any(r.system == system for r in p.systems)]
+    probes_of = {system: [n for n, p in cfg.probes.items() if system in p.systems_covered()]
                  for system in loaded.runbooks}
     tests_of = {system: [n for n, t in cfg.restore_tests.items() if t.system == system] for system in loaded.runbooks}
     copy_of = {name: probe.copy for name, probe in cfg.probes.items()}
@@ -109,7 +110,7 @@ def system_statuses(loaded: LoadedConfig, store: Store, now: datetime) -> list[S
         )
         _judge_points(status, points.get(system, []), now)
         for probe in probes_of[system]:
-            _judge_probe(status, probe, copy_of[probe], runs)
+            _judge_probe(status, probe, cfg.probes[probe].kind, copy_of[probe], runs)
         if not probes_of[system]:
             status.problems.append("no probe watches its backups")
         _judge_tests(status, loaded, tests_of[system], latest, now)
@@ -130,16 +131,19 @@ def _judge_points(status: SystemStatus, rows: list[dict], now: datetime) -> None
                                    f"(RPO {format_duration(status.rpo_target_seconds)})")
 
 
-def _judge_probe(status: SystemStatus, probe: str, copy: str, runs: dict) -> None:
-    listing, check = runs.get((probe, "snapshots")), runs.get((probe, "check"))
-    if listing is None:
-        status.problems.append(f"probe {probe} has not run yet")
-    elif listing["status"] == "error":
-        status.problems.append(f"probe {probe} could not list restore points: {listing['reason']}")
-    elif not any(p.copy == copy for p in status.points):
-        status.problems.append(f"no restore point in {copy}")
-    if check is not None and check["status"] != "ok":
-        status.problems.append(f"repository check of {probe} {check['status']}: {check['reason']}")
+def _judge_probe(status: SystemStatus, probe: str, kind: str, copy: str, runs: dict) -> None:
+    module = probe_module(kind)
+    for action in module.ACTIONS:
+        run = runs.get((probe, action))
+        if action in module.LISTS_POINTS:
+            if run is None:
+                status.problems.append(f"probe {probe} has not run yet ({action})")
+            elif run["status"] == "error":
+                status.problems.append(f"probe {probe} could not list restore points: {run['reason']}")
+            elif not any(p.copy == copy for p in status.points):
+                status.problems.append(f"no restore point in {copy}")
+        elif run is not None and run["status"] != "ok":
+            status.problems.append(f"{action} of {probe} {run['status']}: {run['reason']}")
 
 
 def _judge_tests(status: SystemStatus, loaded: LoadedConfig, tests: list[str], latest: dict, now: datetime) -> None:

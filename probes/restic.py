@@ -1,21 +1,95 @@
 """restic repositories: which systems have restore points, how old, and is the repository
-intact (`restic check --read-data-subset`)."""
+intact (`restic check --read-data-subset`).
+
+Actions: `snapshots` (list snapshots, map them to systems; the default) and `check`.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
-from pathlib import PurePosixPath
+import re
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
-from drcheck.clients.restic import ResticError, ResticRepository, Snapshot
-from drcheck.config import ResticProbe, SystemMapping
-from drcheck.context import RunContext
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
+
+from drcheck.clients import SourceError
+from drcheck.clients.restic import ResticRepository, Snapshot
+from drcheck.config_types import SECRET_HINT, SECRETISH_NAME, EnvValue, SecretSpec, resolve_path
 from drcheck.durations import format_duration
+from drcheck.kinds import ActionConfig, FileBackupTarget, action_timeout
+from drcheck.mapping import by_system, under_any
 from drcheck.results import Finding, ProbeResult, RestorePoint, Severity, SnapshotFile, Status
 from drcheck.sandbox import check_entry
-from drcheck.secrets import SecretUnavailable
+from drcheck.secrets import write_secret_file
+
+if TYPE_CHECKING:
+    from drcheck.context import RunContext
 
 log = logging.getLogger(__name__)
+
+
+class RepositoryCheck(ActionConfig):
+    """The repository integrity check (`restic check --read-data-subset`)."""
+
+    read_data_subset: str = Field(
+        "5%",
+        pattern=r"^(\d+(\.\d+)?%|\d+/\d+|\d+[KMGT]?)$",
+        description="share of pack data to read and verify each run: '5%', '1/7', '2G'",
+    )
+
+
+class ResticProbe(FileBackupTarget):
+    """A restic repository (local path, sftp:, s3:, rest:, …)."""
+
+    kind: Literal["restic"]
+    repository: str = Field(..., min_length=1, description="repository location as restic takes it")
+    password: SecretSpec = Field(..., description="repository password (secret reference)")
+    restic_command: str = Field("restic", description="restic binary")
+    environment: dict[str, EnvValue] = Field(
+        default_factory=dict,
+        description="extra environment for restic (e.g. AWS_ACCESS_KEY_ID = { env = '…' })",
+    )
+    snapshots: ActionConfig = Field(
+        default_factory=ActionConfig, description="list snapshots and map them to systems (default limit 10m)"
+    )
+    check: RepositoryCheck = Field(default_factory=RepositoryCheck, description="repository integrity check")
+
+    @field_validator("repository", mode="after")
+    @classmethod
+    def _repository(cls, value: str, info: ValidationInfo) -> str:
+        if re.search(r"://[^/@\s]*:[^/@\s]+@", value):
+            raise ValueError(f"credentials inside the repository URL are inline secrets; {SECRET_HINT}")
+        if re.match(r"^[a-z0-9]+:", value) and not re.match(r"^[A-Za-z]:\\", value):
+            return value
+        return str(resolve_path(Path(value), info))
+
+    @field_validator("environment", mode="wrap")
+    @classmethod
+    def _secretish_env(cls, value: Any, handler) -> dict[str, Any]:
+        # one error per inline secret, at environment.<NAME>, reported together with the
+        # other errors of the table; the value itself is never included
+        inline = [
+            name for name, item in (value.items() if isinstance(value, dict) else ())
+            if isinstance(item, (str, int, float)) and not isinstance(item, bool)
+            and isinstance(name, str) and SECRETISH_NAME.search(name)
+        ]
+        try:
+            result, other = handler(value), []
+        except ValidationError as exc:
+            if not inline:
+                raise
+            other = [{k: e[k] for k in ("type", "loc", "input", "ctx") if k in e} for e in exc.errors()]
+        if inline:
+            problem = ValueError(f"inline secrets are not allowed; {SECRET_HINT}")
+            raise ValidationError.from_exception_data(
+                "environment",
+                other + [{"type": "value_error", "loc": (name,), "input": "<hidden>", "ctx": {"error": problem}}
+                         for name in inline],
+            )
+        return result
+
 
 
 def repository(target: ResticProbe) -> ResticRepository:
@@ -25,52 +99,28 @@ def repository(target: ResticProbe) -> ResticRepository:
         target.password.ref(),
         command=target.restic_command,
         environment={k: (v.ref() if hasattr(v, "ref") else v) for k, v in target.environment.items()},
-        timeout=target.timeout.total_seconds(),
+        timeout=target.snapshots.timeout.total_seconds() if target.snapshots.timeout else LISTING_TIMEOUT_SECONDS,
     )
-
-
-def matches(snapshot: Snapshot, rule: SystemMapping) -> bool:
-    """True when the snapshot satisfies every criterion the rule gives."""
-    if rule.hosts and snapshot.hostname not in rule.hosts:
-        return False
-    if rule.tags and not set(rule.tags) <= set(snapshot.tags):
-        return False
-    if rule.paths:
-        snap_paths = [PurePosixPath(p) for p in snapshot.paths]
-        for wanted in rule.paths:
-            wanted = PurePosixPath(wanted)
-            if not any(wanted == p or p in wanted.parents for p in snap_paths):
-                return False
-    return True
-
-
-def snapshots_by_system(snapshots: list[Snapshot], rules: list[SystemMapping]) -> dict[str, list[Snapshot]]:
-    """Group snapshots (oldest first) by the systems whose rules they match."""
-    grouped: dict[str, list[Snapshot]] = defaultdict(list)
-    for snap in snapshots:
-        for system in {rule.system for rule in rules if matches(snap, rule)}:
-            grouped[system].append(snap)
-    return grouped
 
 
 def newest_for(target: ResticProbe, system: str, repo: ResticRepository) -> Snapshot | None:
     """Return the newest snapshot of `system` in the repository, or None."""
-    snaps = snapshots_by_system(repo.snapshots(), [r for r in target.systems if r.system == system])
+    snaps = by_system(repo.snapshots(), [r for r in target.systems if r.system == system])
     return snaps[system][-1] if snaps.get(system) else None
 
 
-def probe(target: ResticProbe, ctx: RunContext) -> ProbeResult:
+def snapshots(target: ResticProbe, ctx: RunContext) -> ProbeResult:
     """List snapshots, map them to systems and flag systems without a point within RPO."""
     started = ctx.now()
     result = ProbeResult(probe=ctx.name, kind="restic", action="snapshots", status=Status.OK,
                          started_at=started, finished_at=started, copy=target.copy)
     try:
         snapshots = repository(target).snapshots()
-    except (ResticError, SecretUnavailable) as exc:
+    except SourceError as exc:
         result.status, result.reason = Status.ERROR, str(exc)
         result.finished_at = ctx.now()
         return result
-    grouped = snapshots_by_system(snapshots, target.systems)
+    grouped = by_system(snapshots, target.systems)
     runbooks = ctx.loaded.runbooks
     for system in sorted({rule.system for rule in target.systems}):
         snaps = grouped.get(system, [])
@@ -89,7 +139,8 @@ def probe(target: ResticProbe, ctx: RunContext) -> ProbeResult:
                 Severity.CRITICAL, "rpo_breach",
                 f"newest snapshot of {system} in {target.copy} is {format_duration(age)} old, "
                 f"RPO target {format_duration(rpo)}", system))
-    unmapped = [s for s in snapshots if not any(matches(s, r) for r in target.systems)]
+    mapped = {id(s) for points in grouped.values() for s in points}
+    unmapped = [s for s in snapshots if id(s) not in mapped]
     if unmapped:
         result.findings.append(Finding(Severity.WARNING, "unmapped_snapshots",
                                        f"{len(unmapped)} snapshot(s) match no system rule"))
@@ -109,12 +160,10 @@ def check(target: ResticProbe, ctx: RunContext) -> ProbeResult:
                          started_at=started, finished_at=started, copy=target.copy)
     subset = target.check.read_data_subset
     try:
-        limit = target.check.timeout or ctx.loaded.config.agent.job_timeout
+        limit = action_timeout(target, "check", ctx.loaded.config.agent.job_timeout)
         summary = repository(target).check(subset, timeout=limit.total_seconds())
         result.reason = f"read {subset} of data: {summary}"
-    except SecretUnavailable as exc:
-        result.status, result.reason = Status.ERROR, str(exc)
-    except ResticError as exc:
+    except SourceError as exc:
         result.status = Status.FAILED if exc.damaged else Status.ERROR
         result.reason = f"repository check failed: {exc}" if exc.damaged else str(exc)
     result.details = {"read_data_subset": subset}
@@ -150,17 +199,41 @@ class FileSource:
 
     def restore(self, point: Snapshot, dest, include: list[str], timeout: float | None) -> None:
         """Restore the point into dest; only `include` when the snapshot holds more."""
-        whole = not include or all(_under_any(p, include) for p in point.paths)
+        whole = not include or all(under_any(p, include) for p in point.paths)
         self.repo.restore(point.id, dest, [] if whole else include, timeout=timeout)
-
-
-def _under_any(path: str, roots: list[str]) -> bool:
-    """True when `path` is one of `roots` or below one (no roots: everything is)."""
-    if not roots:
-        return True
-    candidate = PurePosixPath(path)
-    return any(candidate == PurePosixPath(r) or PurePosixPath(r) in candidate.parents for r in roots)
 
 
 def file_source(target: ResticProbe) -> FileSource:
     return FileSource(target)
+
+
+class LabRepository:
+    """Demo support: a local repository with a password file, and dated backups."""
+
+    def __init__(self, target: ResticProbe):
+        self.target = target
+        self.repo = repository(target)
+
+    def owned_paths(self) -> list[Path]:
+        if ":" in self.target.repository or self.target.password.file is None:
+            raise ValueError("not a local restic repository with a password file")
+        return [Path(self.target.repository), self.target.password.file]
+
+    def init(self) -> None:
+        """Write a random password file, then create the repository."""
+        write_secret_file(self.target.password.file)
+        self.repo.init()
+
+    def backup(self, paths: list[Path], host: str, tags: list[str], when) -> None:
+        self.repo.backup(paths, host=host, tags=tags, when=when)
+
+
+def lab_repository(target: ResticProbe) -> LabRepository:
+    return LabRepository(target)
+
+
+Target = ResticProbe
+ACTIONS = {"snapshots": snapshots, "check": check}
+LISTS_POINTS = frozenset({"snapshots"})
+LISTING_TIMEOUT_SECONDS = 600
+ACTION_TIMEOUTS = {"snapshots": timedelta(seconds=LISTING_TIMEOUT_SECONDS)}

@@ -16,13 +16,67 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Callable, Sequence
 
+from pydantic import Field, field_validator
+
 from drcheck import canary as canaries
 from drcheck.clients import process
-from drcheck.config import CommandCheck, SpotCheck
+from drcheck.config_types import ConfigPath, Duration, Schedule, Strict
 from drcheck.durations import format_duration
 from drcheck.results import CheckResult, SnapshotFile, Status
 from drcheck.sandbox import SandboxRefused, contained
 from drcheck.store import Store
+
+
+# -- configuration of the checks ------------------------------------------------------
+
+
+class CanaryConfig(Strict):
+    """A canary file drcheck plants in the live source and expects in the restore."""
+
+    path: Path = Field(
+        Path(".drcheck-canary"),
+        description="canary location; relative paths are under the system's source path",
+    )
+    plant_schedule: Schedule | None = Field(None, description="when to (re)write the canary")
+    max_age: Duration | None = Field(
+        None, description="oldest acceptable canary in a restore (default: the runbook's RPO)"
+    )
+
+
+class SpotCheck(Strict):
+    """Hash a random sample of restored files that are unchanged at the live source
+    (same size and mtime as in the snapshot) and compare with the live file."""
+
+    files: int = Field(20, strict=True, ge=0, description="at least this many files")
+    percent: float = Field(0.0, strict=True, ge=0, le=100, description="at least this share of eligible files")
+    source_root: ConfigPath = Field(
+        Path("/"), description="where the snapshot's absolute paths live now"
+    )
+
+
+class CommandCheck(Strict):
+    """A command run against the restored tree. `{restore}` is the sandbox, `{data}` the
+    restored copy of the system's source path."""
+
+    name: str | None = Field(None, description="label in results (default: the command)")
+    run: list[str] = Field(..., min_length=1, description="argv; no shell")
+    expect_exit: int = Field(0, strict=True, description="expected exit status")
+    expect_output: str | None = Field(None, description="regular expression stdout must match")
+    timeout: Duration = Field(timedelta(minutes=5), description="kill the command after this")
+
+    @field_validator("expect_output")
+    @classmethod
+    def _regex(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except (re.error, OverflowError, RecursionError) as exc:
+                raise ValueError(f"not a valid regular expression: {exc}") from None
+        return value
+
+
+
+# -- the checks -----------------------------------------------------------------------
 
 
 def timed(name: str, body: Callable[[], tuple[Status, str, dict]]) -> CheckResult:

@@ -16,21 +16,68 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from pathlib import Path
 
-from drcheck.clients.process import CommandTimeout
-from drcheck.clients.restic import ResticError
-from drcheck.config import FilesRestoreTest
-from drcheck.context import RunContext
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import Field
+
+from drcheck.clients import SourceError
+from drcheck.config_types import ConfigPath
 from drcheck.durations import format_duration
-from drcheck.probes import module_for
+from drcheck.kinds import FileBackupTarget, RestoreTestTarget, probe_module
+from drcheck.mapping import within
 from drcheck.results import CheckResult, RestoreTestResult, Status
-from drcheck.sandbox import SandboxRefused, contained, sandbox
-from drcheck.secrets import SecretUnavailable
 from drcheck.restore_tests import checks
+from drcheck.sandbox import SandboxRefused, contained, sandbox
+
+if TYPE_CHECKING:
+    from drcheck.config_loader import LoadedConfig
+    from drcheck.context import RunContext
 
 log = logging.getLogger(__name__)
 
+
+class FilesRestoreTest(RestoreTestTarget):
+    """Restore a system's newest restore point into a sandbox directory and verify it."""
+
+    kind: Literal["files"]
+    target_dir: ConfigPath | None = Field(
+        None, description="restore here instead of a fresh directory; must be inside agent.sandbox_root"
+    )
+    expected_paths: list[Path] = Field(
+        default_factory=list,
+        description="must exist and be non-empty; relative paths are under the system's source path",
+    )
+    canary: checks.CanaryConfig | None = Field(None, description="canary planting and freshness check")
+    spot_check: checks.SpotCheck | None = Field(default_factory=checks.SpotCheck, description="hash comparison")
+    commands: list[checks.CommandCheck] = Field(default_factory=list, description="application checks")
+
+    def references(self, loaded: "LoadedConfig") -> list[tuple[str, str]]:
+        probe = loaded.config.probes.get(self.probe)
+        if probe is None:
+            return []
+        if not isinstance(probe, FileBackupTarget) or not hasattr(probe_module(probe.kind), "file_source"):
+            return [("probe", f"probe {self.probe!r} is a {probe.kind} probe, which offers no file restores")]
+        problems = []
+        if self.system not in probe.systems_covered():
+            problems.append(("system", f"probe {self.probe!r} maps no restore points to {self.system!r}"))
+        relative = (self.canary is not None and not self.canary.path.is_absolute()) or any(
+            not p.is_absolute() for p in self.expected_paths)
+        sources = probe.source_paths(self.system)
+        if relative and len(sources) != 1:
+            problems.append(("", f"canary and relative expected_paths need exactly one source path for "
+                                 f"{self.system!r} in probes.{self.probe}.systems (found {len(sources)})"))
+        root = loaded.config.agent.sandbox_root
+        if self.target_dir is not None and not within(self.target_dir, root):
+            problems.append(("target_dir", f"{self.target_dir} is outside agent.sandbox_root ({root}); "
+                                           "restores only happen inside the sandbox"))
+        return problems
+
+
+Target = FilesRestoreTest
+
+
 # What a restore can fail with that is the backup's or the environment's fault, not ours.
-EXPECTED_FAILURES = (ResticError, SecretUnavailable, SandboxRefused, CommandTimeout, OSError)
+EXPECTED_FAILURES = (SourceError, SandboxRefused, OSError)
 
 
 def run(target: FilesRestoreTest, ctx: RunContext) -> RestoreTestResult:
@@ -55,8 +102,8 @@ def run(target: FilesRestoreTest, ctx: RunContext) -> RestoreTestResult:
 
 
 def _restore_and_verify(target, ctx: RunContext, probe_cfg, result: RestoreTestResult) -> None:
-    source = module_for(probe_cfg.kind).file_source(probe_cfg)
-    include = [str(p) for p in ctx.loaded.system_source_paths(target.probe, target.system)]
+    source = probe_module(probe_cfg.kind).file_source(probe_cfg)
+    include = [str(p) for p in probe_cfg.source_paths(target.system)]
     ctx.progress("finding and listing the newest restore point")
     point, files = _newest_with_listing(ctx, source, target.system, probe_cfg.copy, include)
     if point is None:
@@ -100,14 +147,14 @@ def _newest_with_listing(ctx: RunContext, source, system: str, copy: str, includ
         if point is not None and point.id == known:
             try:
                 return point, guess.result()
-            except ResticError:
+            except SourceError:
                 pass  # e.g. pruned since the probe ran: list the real newest below
     return point, (source.files(point.id, include) if point else [])
 
 
 def _verify(target: FilesRestoreTest, ctx: RunContext, dest: Path, spot_run, result: RestoreTestResult):
     runbook = ctx.loaded.runbooks[target.system]
-    include = ctx.loaded.system_source_paths(target.probe, target.system)
+    include = ctx.loaded.config.probes[target.probe].source_paths(target.system)
     try:  # the restored source path may itself be a symlink leading out of the sandbox
         data_root, data_refused = (contained(dest, str(include[0])) if len(include) == 1 else dest), None
     except SandboxRefused as exc:

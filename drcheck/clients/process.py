@@ -15,16 +15,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from drcheck.clients import SourceError
+
 
 _running: set[int] = set()  # process groups started by run() and not yet reaped, any thread
 _running_lock = threading.Lock()
 
 
-class CommandTimeout(RuntimeError):
+class CommandTimeout(SourceError):
     """The program was still running after its timeout and was killed."""
 
 
-class CommandNotFound(RuntimeError):
+class CommandNotFound(SourceError):
     """The program does not exist or is not executable."""
 
 

@@ -13,23 +13,18 @@ import os
 import re
 import tempfile
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
-from drcheck.clients import process
+from drcheck.clients import SourceError, process
 from drcheck.secrets import SecretRef
 
 log = logging.getLogger(__name__)
 
 
-class ResticError(RuntimeError):
-    """restic failed; the message is a one-line reason fit for a result. `damaged` is true
-    when restic found the repository's data corrupt (a failed backup, not a failed probe)."""
-
-    def __init__(self, reason: str, damaged: bool = False):
-        super().__init__(reason)
-        self.damaged = damaged
+class ResticError(SourceError):
+    """restic failed; `damaged` when restic found the repository's data corrupt."""
 
 
 @dataclass(frozen=True)
@@ -39,6 +34,11 @@ class Snapshot:
     hostname: str
     paths: tuple[str, ...]
     tags: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        """restic snapshots have no name; their id stands in (for `name_glob` rules)."""
+        return self.id
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,7 @@ class ResticRepository:
         self.timeout = timeout
 
     def _env(self) -> dict[str, str]:
-        env = {"RESTIC_REPOSITORY": self.repository, "RESTIC_CACHE_DIR": _cache_dir()}
+        env = {"RESTIC_REPOSITORY": self.repository, "RESTIC_CACHE_DIR": _cache_dir(), "TZ": "UTC"}
         for name, value in self.environment.items():
             env[name] = value.reveal() if isinstance(value, SecretRef) else value
         path = self.password.file_path()
@@ -177,6 +177,17 @@ class ResticRepository:
                         size=int(node.get("size") or 0),
                         mtime=_parse_time(mtime) if mtime else None,
                     )
+
+    def init(self) -> None:
+        """Create the repository (demo and tests)."""
+        self._run(["init"])
+
+    def backup(self, paths: Sequence[Path], *, host: str, tags: Sequence[str] = (), when: datetime | None = None) -> None:
+        """Back `paths` up as one snapshot of `host`, dated `when` (demo and tests)."""
+        args = ["backup", "--quiet", "--host", host, *[a for t in tags for a in ("--tag", t)]]
+        if when is not None:  # restic reads --time as local wall-clock time; _env runs it in UTC
+            args += ["--time", when.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")]
+        self._run([*args, *map(str, paths)])
 
     def restore(self, snapshot_id: str, target: Path, include: Sequence[str] = (), timeout: float | None = None) -> None:
         """Restore a snapshot (or the `include` paths of it) into `target`."""

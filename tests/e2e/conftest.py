@@ -134,7 +134,7 @@ class ResticLab:
             "probes": {"repo": {
                 "kind": "restic", "copy": "local", "repository": self.repository,
                 "password": {"file": str(self.password_file)}, "restic_command": RESTIC or "restic",
-                "timeout": "2m", "check": {"read_data_subset": "100%"},
+                "snapshots": {"timeout": "2m"}, "check": {"read_data_subset": "100%"},
                 "systems": [{"system": "app", "paths": [str(self.source)]}],
             }},
             "restore_tests": {"app-files": {

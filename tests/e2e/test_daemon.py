@@ -75,7 +75,7 @@ def count(lab, sql: str, params=()) -> int:
 
 def schedule_everything(lab, **extra):
     """Probe every second, restore test every 2 s."""
-    lab.configure(probes={"repo": {"schedule": {"interval": "1s"}}},
+    lab.configure(probes={"repo": {"snapshots": {"schedule": {"interval": "1s"}}}},
                   restore_tests={"app-files": {"schedule": {"interval": "2s"}}}, **extra)
 
 
@@ -104,10 +104,10 @@ def test_failing_and_hanging_jobs_do_not_stop_the_agent(lab, agent):
     base = lab.base_config()["probes"]["repo"]
     lab.configure(
         probes={
-            "repo": {"schedule": {"interval": "1s"}},
+            "repo": {"snapshots": {"schedule": {"interval": "1s"}}},
             # restic may take an hour per call here: only the job's own deadline can stop it
-            "hangs": {**base, "restic_command": str(hang), "timeout": "1h"},
-            "locked-out": {**base, "password": {"file": str(wrong)}, "schedule": {"interval": "1s"}},
+            "hangs": {**base, "restic_command": str(hang), "snapshots": {"timeout": "1h"}},
+            "locked-out": {**base, "password": {"file": str(wrong)}, "snapshots": {"schedule": {"interval": "1s"}}},
         },
         restore_tests={"hung-files": {**lab.base_config()["restore_tests"]["app-files"], "probe": "hangs",
                                       "timeout": "3s", "schedule": {"interval": "1s"}}},
@@ -133,13 +133,13 @@ def test_failing_and_hanging_jobs_do_not_stop_the_agent(lab, agent):
 
 def test_sighup_reloads_config_and_refuses_a_broken_one(lab, agent):
     lab.backup()
-    lab.configure(probes={"repo": {"schedule": {"interval": "1s"}}})
+    lab.configure(probes={"repo": {"snapshots": {"schedule": {"interval": "1s"}}}})
     a = agent()
     wait_for(lambda: count(lab, "SELECT COUNT(*) AS n FROM probe_runs") >= 1, what="the first probe run")
 
     base = lab.base_config()["probes"]["repo"]
-    lab.configure(probes={"repo": {"schedule": {"interval": "1s"}},
-                          "second": {**base, "schedule": {"interval": "1s"}}})
+    lab.configure(probes={"repo": {"snapshots": {"schedule": {"interval": "1s"}}},
+                          "second": {**base, "snapshots": {"schedule": {"interval": "1s"}}}})
     a.proc.send_signal(signal.SIGHUP)
     wait_for(lambda: count(lab, "SELECT COUNT(*) AS n FROM probe_runs WHERE probe = 'second'") >= 1,
              what="the probe added by the reload")
@@ -149,7 +149,7 @@ def test_sighup_reloads_config_and_refuses_a_broken_one(lab, agent):
     a.proc.send_signal(signal.SIGHUP)
     wait_for(lambda: "configuration not reloaded" in a.text(), what="the refused reload")
     assert "agent_typo: unknown key" in a.text()
-    lab.configure(agent={"state_dir": "elsewhere"}, probes={"repo": {"schedule": {"interval": "1s"}}})
+    lab.configure(agent={"state_dir": "elsewhere"}, probes={"repo": {"snapshots": {"schedule": {"interval": "1s"}}}})
     a.proc.send_signal(signal.SIGHUP)
     wait_for(lambda: "agent.state_dir changed" in a.text(), what="the refused state_dir change")
     assert not (lab.root / "elsewhere").exists()
@@ -163,7 +163,7 @@ def test_sigkill_mid_restore_loses_nothing_and_next_start_reaps(lab, agent):
     lab.plant_canary(at=utc(minutes=5))
     lab.backup(at=utc(minutes=4))
     slow = lab.wrapper("restic-slow", SLOW_RESTORE)
-    lab.configure(probes={"repo": {"restic_command": str(slow), "schedule": {"interval": "1s"}}},
+    lab.configure(probes={"repo": {"restic_command": str(slow), "snapshots": {"schedule": {"interval": "1s"}}}},
                   restore_tests={"app-files": {"schedule": {"interval": "1h"}}})
     a = agent()
     lease = wait_for(lambda: lab.rows("SELECT * FROM sandbox_leases WHERE released_at IS NULL") if lab.database.exists() else None,
@@ -181,7 +181,7 @@ def test_sigkill_mid_restore_loses_nothing_and_next_start_reaps(lab, agent):
     assert sandbox.exists(), "the sandbox should still be there after SIGKILL"
     assert lab.rows("SELECT * FROM probe_runs ORDER BY id")[: len(committed)] == committed
 
-    lab.configure(probes={"repo": {"schedule": {"interval": "1h"}}})  # plain restic, quiet schedule
+    lab.configure(probes={"repo": {"snapshots": {"schedule": {"interval": "1h"}}}})  # plain restic, quiet schedule
     b = agent()
     wait_for(lambda: "reaped leftover sandbox" in b.text(), what="the reaper at start")
     assert not sandbox.exists()

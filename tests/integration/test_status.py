@@ -48,7 +48,7 @@ def test_a_failed_repository_check_is_every_mapped_systems_problem(loaded, store
     healthy_week(record)
     record.probe({}, at=NOW, action="check", status="failed", reason="repository check failed: damaged")
     for system in ("sis", "fileserver", "payroll"):
-        assert any(p.startswith("repository check of lab-restic failed") for p in by_system(loaded, store)[system].problems)
+        assert any(p.startswith("check of lab-restic failed") for p in by_system(loaded, store)[system].problems)
 
 
 def test_an_overdue_restore_test_is_a_problem(loaded, store, record):

@@ -34,8 +34,7 @@ _CONFIG = {
             "repository": "repo",
             "password": {"file": "secrets/restic-password"},
             "environment": {"RESTIC_COMPRESSION": "auto"},
-            "schedule": {"interval": "15m"},
-            "timeout": "10m",
+            "snapshots": {"schedule": {"interval": "15m"}, "timeout": "10m"},
             "check": {"schedule": {"cron": "0 3 * * *"}, "read_data_subset": "5%"},
             "systems": [
                 {"system": "sis", "hosts": ["sis01"], "paths": ["src/sis"]},

@@ -64,7 +64,7 @@ def test_relative_paths_resolve_against_the_config_files_directory(builders, tmp
     test = loaded.config.restore_tests["sis-files"]
     assert test.target_dir == config_dir / "state" / "sandbox" / "sis"
     assert test.expected_paths == [Path("db/sis.db")]  # relative to the system's source path
-    assert loaded.system_source_paths("local-repo", "sis") == [config_dir / "src" / "sis"]
+    assert probe.source_paths("sis") == [config_dir / "src" / "sis"]
 
 
 def test_paths_are_normalised_and_tilde_expanded(builders, config_dir, monkeypatch):
@@ -152,7 +152,7 @@ def test_system_mapping_needs_a_criterion(builders, errors_for):
     cfg = builders.valid_config()
     cfg["probes"]["offsite-repo"]["systems"][0] = {"system": "sis"}
     assert errors_for(cfg) == [
-        "drcheck.toml: probes.offsite-repo.systems[0]: give at least one of hosts, tags, paths"
+        "drcheck.toml: probes.offsite-repo.systems[0]: give at least one of hosts, tags, name_glob, paths"
     ]
 
 
@@ -175,8 +175,8 @@ def test_unknown_nested_key_lists_expected_keys(builders, errors_for):
     cfg["probes"]["offsite-repo"]["password"]["value"] = "x"
     assert sorted(errors_for(cfg)) == [
         "drcheck.toml: probes.local-repo.repo: unknown key (expected one of: check, copy, environment, "
-        "kind, password, repository, restic_command, schedule, systems, timeout)",
-        "drcheck.toml: probes.local-repo.systems[0].host: unknown key (expected one of: hosts, paths, system, tags)",
+        "kind, password, repository, restic_command, snapshots, systems)",
+        "drcheck.toml: probes.local-repo.systems[0].host: unknown key (expected one of: hosts, name_glob, paths, system, tags)",
         "drcheck.toml: probes.offsite-repo.password.value: unknown key (expected one of: credential, env, file)",
     ]
 
@@ -222,7 +222,7 @@ def test_unknown_system_in_restore_test(builders, errors_for):
     cfg["restore_tests"]["sis-files"]["system"] = "payroll"
     errors = errors_for(cfg)
     assert errors[0] == "drcheck.toml: restore_tests.sis-files.system: unknown system 'payroll' (known: fileserver, sis)"
-    assert "drcheck.toml: restore_tests.sis-files.system: probe 'local-repo' maps no snapshots to 'payroll'" in errors
+    assert "drcheck.toml: restore_tests.sis-files.system: probe 'local-repo' maps no restore points to 'payroll'" in errors
 
 
 def test_unknown_site_when_none_are_defined(builders, errors_for):

@@ -11,10 +11,10 @@ import tomli_w
 
 from drcheck.clients import restic as restic_client
 from drcheck.clients.restic import Entry, Snapshot, explain_failure
-from drcheck.config import SystemMapping
+from drcheck.mapping import SystemMapping
 from drcheck.config_loader import load
 from drcheck.engine import run_restore_test
-from drcheck.probes.restic import matches
+from drcheck.mapping import matches
 from drcheck.results import Status
 from drcheck.store import Store
 

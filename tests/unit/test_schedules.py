@@ -6,7 +6,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from pydantic import ValidationError
 
-from drcheck.config import Schedule
+from drcheck.config_types import Schedule
 
 LA = ZoneInfo("America/Los_Angeles")
 MONDAY = datetime(2026, 11, 23, 12, 0, tzinfo=LA)  # a Monday

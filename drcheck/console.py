@@ -1,0 +1,84 @@
+"""Terminal output shared by the CLI and the demo: consoles, status colours, local times,
+the status table and the progress view. Data (paths, reasons, evidence) is printed
+literally, never interpreted as rich markup."""
+
+from __future__ import annotations
+
+from rich import box
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, DownloadColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from drcheck.config_loader import LoadedConfig
+from drcheck.durations import format_duration
+from drcheck.results import utcnow
+
+out = Console(soft_wrap=True)  # paths and reasons must stay on one line for scripts
+err = Console(stderr=True, soft_wrap=True)
+
+STATUS_STYLE = {"ok": "green", "passed": "green", "failed": "bold red", "error": "bold yellow"}
+
+
+def styled(status: str) -> str:
+    return f"[{STATUS_STYLE.get(status, 'white')}]{status}[/]"
+
+
+def print_status_table(loaded: LoadedConfig, statuses) -> None:
+    """Print one row per system (worst first), then each system's problems in words."""
+    zone = local(loaded, utcnow(), "%Z")
+    table = Table("system", "tier", "RTO/RPO\ntarget", "point\nage", f"last test\n({zone})", "RTO", "RPO",
+                  "result", title="drcheck status", box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0))
+    for column in table.columns:
+        column.no_wrap = True
+    several_copies = len(loaded.config.copies) > 1
+    for s in statuses:
+        points = "\n".join((f"{p.copy} " if several_copies else "") + format_duration(p.age_seconds)
+                           + ("" if p.within_rpo else " [red]✗[/]") for p in s.points) or "[red]none[/]"
+        t = s.last_test
+        last = f"{styled(t.status)}\n[dim]{local(loaded, t.started_at, '%m-%d %H:%M')}[/]" if t else "[red]never[/]"
+        table.add_row(s.system, str(s.tier),
+                      f"{format_duration(s.rto_target_seconds)} / {format_duration(s.rpo_target_seconds)}",
+                      points, last, versus(t.rto_seconds, s.rto_target_seconds) if t else "—",
+                      versus(t.rpo_seconds, s.rpo_target_seconds) if t else "—",
+                      "[green]OK[/]" if s.ok else "[bold red]FAIL[/]")
+    out.print(table)
+    for s in statuses:
+        if s.problems:
+            out.print(f"[bold red]{s.system}[/] ({escape(s.name)}, tier {s.tier}, owner {escape(s.owner)}):")
+            for problem in s.problems:
+                out.print(f"  • {problem}", markup=False, highlight=False)
+
+
+def local(loaded: LoadedConfig, when, fmt: str = "%Y-%m-%d %H:%M %Z") -> str:
+    from zoneinfo import ZoneInfo
+
+    return when.astimezone(ZoneInfo(loaded.config.agent.timezone)).strftime(fmt) if when else "—"
+
+
+def versus(measured: float | None, target: float) -> str:
+    if measured is None:
+        return "—"
+    colour = "green" if measured <= target else "red"
+    return f"[{colour}]{format_duration(measured)}[/]"
+
+
+class ProgressView:
+    """A rich progress display fed by restore-test phase updates."""
+
+    watching = True
+
+    def __enter__(self):
+        self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                                 DownloadColumn(), TimeElapsedColumn(), console=err, transient=True)
+        self.progress.__enter__()
+        self.task = self.progress.add_task("starting", total=None)
+        return self
+
+    def __call__(self, phase: str, done: float | None = None, total: float | None = None) -> None:
+        self.progress.update(self.task, description=phase, completed=done or 0, total=total)
+
+    def __exit__(self, *exc):
+        self.progress.__exit__(*exc)
+
+
