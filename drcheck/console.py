@@ -46,8 +46,8 @@ def print_status_table(loaded: LoadedConfig, statuses) -> None:
     for s in statuses:
         if s.problems:
             out.print(f"[bold red]{s.system}[/] ({escape(s.name)}, tier {s.tier}, owner {escape(s.owner)}):")
-            for problem in s.problems:
-                out.print(f"  • {problem}", markup=False, highlight=False)
+            for rule in s.failing:
+                out.print(f"  • {rule.message}  [{rule.rule}]", markup=False, highlight=False)
 
 
 def local(loaded: LoadedConfig, when, fmt: str = "%Y-%m-%d %H:%M %Z") -> str:

@@ -94,6 +94,7 @@ class StoreCollector(Collector):
         tested_at: dict[str, float] = dict.fromkeys(loaded.runbooks, 0.0)
         yield from self._tests(conn, cfg, tested_at)
         yield from self._probes(conn, cfg)
+        yield self._rules(loaded)
         yield from _per_system(
             ("drcheck_system_newest_restore_point_timestamp_seconds",
              "newest restore point of a system in any copy; 0 when it has none", newest_of_system),
@@ -158,6 +159,24 @@ class StoreCollector(Collector):
         leases = _gauge("drcheck_sandbox_leases_open", "sandboxes currently in use or left behind", [])
         leases.add_metric([], conn.execute("SELECT COUNT(*) FROM sandbox_leases WHERE released_at IS NULL").fetchone()[0])
         yield from (up, ok, duration, last, unprotected, leases)
+
+
+    def _rules(self, loaded: LoadedConfig) -> Metric:
+        """One gauge per (rule, system) from the same rule evaluation status and reports
+        show: 1 when every result of the rule for the system passed."""
+        from drcheck.results import utcnow
+        from drcheck.rules import evaluate
+
+        passing: dict[tuple[str, str], bool] = {}
+        with Store(self.db_path) as store:
+            for result in evaluate(loaded, store, utcnow()):
+                key = (result.rule, result.system or "")
+                passing[key] = passing.get(key, True) and result.passed
+        gauge = _gauge("drcheck_compliance_rule_passing",
+                       "1 when the rule passes for the system (drcheck status shows why not)", ["rule", "system"])
+        for (rule, system), ok in sorted(passing.items()):
+            gauge.add_metric([rule, system], 1 if ok else 0)
+        return gauge
 
 
 def _per_system(*families: tuple[str, str, dict[str, float]]) -> Iterator[Metric]:

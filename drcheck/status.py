@@ -1,15 +1,15 @@
-"""Per-system status computed from the store and the runbooks: what `drcheck status`
-prints and what the weekly report shows. Pure reads; no system is contacted."""
+"""Per-system status: what `drcheck status` prints and the weekly report shows, arranged
+from the store's facts and the rule evaluation (`drcheck.rules`), which is the only judge.
+Pure reads; no system is contacted."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from drcheck.config_loader import LoadedConfig
-from drcheck.durations import format_duration
-from drcheck.kinds import probe_module
+from drcheck.rules import Facts, RuleResult, evaluate
 from drcheck.store import Store, parse_ts
 
 
@@ -51,7 +51,8 @@ class SystemStatus:
     points: list[CopyPoint] = field(default_factory=list)
     last_test: TestRun | None = None
     last_success_at: datetime | None = None
-    problems: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # the failing rules' messages
+    failing: list[RuleResult] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -60,6 +61,7 @@ class SystemStatus:
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["ok"] = self.ok
+        data["failing"] = [r.to_json() for r in self.failing]
         return _jsonable(data)
 
 
@@ -82,25 +84,18 @@ def test_run(row: dict[str, Any]) -> TestRun:
     )
 
 
-def system_statuses(loaded: LoadedConfig, store: Store, now: datetime) -> list[SystemStatus]:
+def system_statuses(loaded: LoadedConfig, store: Store, now: datetime,
+                    results: list[RuleResult] | None = None, facts: Facts | None = None) -> list[SystemStatus]:
     """Return each runbook system's status, worst (problems, then tier) first.
 
-    Only what the current configuration defines is judged: a renamed or removed test or
-    probe keeps its history in the store but no longer decides a verdict.
+    The verdicts are the failing results of the one rule evaluation (`drcheck.rules`),
+    passed in when the caller already has it; this module only arranges them. Only what
+    the current configuration defines is judged: a renamed or removed test or probe keeps
+    its history in the store but no longer decides a verdict.
     """
+    facts = facts or Facts.read(loaded, store)
+    results = evaluate(loaded, store, now, facts) if results is None else results
     cfg = loaded.config
-    probes_of = {system: [n for n, p in cfg.probes.items() if system in p.systems_covered()]
-                 for system in loaded.runbooks}
-    tests_of = {system: [n for n, t in cfg.restore_tests.items() if t.system == system] for system in loaded.runbooks}
-    copy_of = {name: probe.copy for name, probe in cfg.probes.items()}
-    points: dict[str, list[dict]] = {}
-    for row in store.current_restore_points():
-        if row["probe"] in cfg.probes:
-            points.setdefault(row["system"], []).append(row)
-    runs = {(r["probe"], r["action"]): r for r in store.latest_probe_runs()}
-    latest = {(r["system"], r["test"]): test_run(r) for r in store.latest_restore_tests()}
-    successes = {(r["system"], r["test"]): parse_ts(r["started_at"]) for r in store.last_successful_tests()}
-
     statuses = []
     for system, rb in sorted(loaded.runbooks.items()):
         status = SystemStatus(
@@ -108,64 +103,19 @@ def system_statuses(loaded: LoadedConfig, store: Store, now: datetime) -> list[S
             rto_target_seconds=rb.rto.total_seconds(), rpo_target_seconds=rb.rpo.total_seconds(),
             mtd_seconds=rb.mtd.total_seconds(),
         )
-        _judge_points(status, points.get(system, []), now)
-        for probe in probes_of[system]:
-            _judge_probe(status, probe, cfg.probes[probe].kind, copy_of[probe], runs)
-        if not probes_of[system]:
-            status.problems.append("no probe watches its backups")
-        _judge_tests(status, loaded, tests_of[system], latest, now)
-        known = [successes[(system, t)] for t in tests_of[system] if (system, t) in successes]
+        mine = [r for r in results if r.system == system]
+        status.failing = [r for r in mine if not r.passed]
+        status.problems = [r.message for r in status.failing]
+        ages = {r.subject: r for r in mine if r.rule == "R2.backup_age"}
+        for row in facts.points.get(system, []):
+            when = parse_ts(row["point_time"])
+            verdict = ages.get(row["copy"])
+            status.points.append(CopyPoint(row["copy"], when, row["point_id"], (now - when).total_seconds(),
+                                           verdict is None or verdict.passed, row["point_count"]))
+        tests = [n for n, t in cfg.restore_tests.items() if t.system == system]
+        runs = [test_run(facts.tests[(system, n)]) for n in tests if (system, n) in facts.tests]
+        status.last_test = max(runs, key=lambda r: r.started_at, default=None)
+        known = [facts.passed[(system, n)] for n in tests if (system, n) in facts.passed]
         status.last_success_at = max(known) if known else None
         statuses.append(status)
     return sorted(statuses, key=lambda s: (s.ok, s.tier, s.system))
-
-
-def _judge_points(status: SystemStatus, rows: list[dict], now: datetime) -> None:
-    for row in rows:
-        when = parse_ts(row["point_time"])
-        age = (now - when).total_seconds()
-        status.points.append(CopyPoint(row["copy"], when, row["point_id"], age,
-                                       age <= status.rpo_target_seconds, row["point_count"]))
-        if age > status.rpo_target_seconds:
-            status.problems.append(f"newest restore point in {row['copy']} is {format_duration(age)} old "
-                                   f"(RPO {format_duration(status.rpo_target_seconds)})")
-
-
-def _judge_probe(status: SystemStatus, probe: str, kind: str, copy: str, runs: dict) -> None:
-    module = probe_module(kind)
-    for action in module.ACTIONS:
-        run = runs.get((probe, action))
-        if action in module.LISTS_POINTS:
-            if run is None:
-                status.problems.append(f"probe {probe} has not run yet ({action})")
-            elif run["status"] == "error":
-                status.problems.append(f"probe {probe} could not list restore points: {run['reason']}")
-            elif not any(p.copy == copy for p in status.points):
-                status.problems.append(f"no restore point in {copy}")
-        elif run is not None and run["status"] != "ok":
-            status.problems.append(f"{action} of {probe} {run['status']}: {run['reason']}")
-
-
-def _judge_tests(status: SystemStatus, loaded: LoadedConfig, tests: list[str], latest: dict, now: datetime) -> None:
-    if not tests:
-        status.problems.append("no restore test configured")
-        return
-    cfg = loaded.config
-    for name in tests:
-        run = latest.get((status.system, name))
-        if run is None:
-            status.problems.append(f"restore test {name} has never run")
-            continue
-        if status.last_test is None or run.started_at > status.last_test.started_at:
-            status.last_test = run
-        if run.status != "passed":
-            status.problems.append(f"restore test {name} {run.status}: {run.reason}")
-        test = cfg.restore_tests[name]
-        if test.schedule is not None:
-            # the run after this one; fire times are inclusive, so step past the start
-            expected = test.schedule.trigger(cfg.agent.timezone).get_next_fire_time(
-                None, run.started_at + timedelta(seconds=1))
-            allowance = (test.timeout or cfg.agent.job_timeout) + cfg.agent.misfire_grace
-            if expected is not None and now > expected + allowance:
-                status.problems.append(f"restore test {name} is overdue: last ran "
-                                       f"{format_duration((now - run.started_at).total_seconds())} ago")

@@ -316,6 +316,14 @@ class Store:
         """Latest passed run per (system, test)."""
         return self.query(LAST_PASSED_TESTS)
 
+    def latest_measuring(self, column: str) -> list[dict[str, Any]]:
+        """Latest run per (system, test) that measured `column` (`rto_seconds` or
+        `rpo_seconds`): a failed run still measures the RPO it achieved."""
+        if column not in ("rto_seconds", "rpo_seconds"):
+            raise ValueError(f"not a measured column: {column}")
+        return self.query(newest_per("restore_tests", "system, test", f"{column} IS NOT NULL",
+                                     f"id, system, test, started_at, {column}"))
+
     def restore_tests_between(self, start: datetime, end: datetime) -> list[dict[str, Any]]:
         return self.query(
             "SELECT * FROM restore_tests WHERE started_at >= ? AND started_at < ? ORDER BY started_at",

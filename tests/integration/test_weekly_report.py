@@ -280,7 +280,7 @@ def test_needs_attention_lists_payrolls_problems_only(week):
     text = attention.text()
     assert "Payroll (payroll, tier 1, owner Business Services Director)" in text
     problems = [li.text() for li in attention.find("ul", "problems").find_all("li")]
-    assert "newest restore point in lab-restic is 2d 2h old (RPO 1d)" in problems
+    assert "newest restore point in lab-restic is 2d 2h old (RPO 1d) R2.backup_age" in problems
     assert any(p.startswith("restore test payroll-files failed: payroll.db integrity:") for p in problems)
     assert "Student Information System" not in text and "Staff file server" not in text
     assert not week.report.doc.find_all("p", "allgood")

@@ -1,0 +1,260 @@
+"""Verdicts as rules: one evaluation over the store and the configuration.
+
+Every problem that `drcheck status`, the weekly report and the metrics show comes from
+`evaluate()`: a list of `RuleResult`s `{rule id, system, severity, passed, measured,
+threshold, evidence row ids, message}`, each rule mapped to the controls it evidences.
+Nothing else judges; the views only select and format. This is the seed of the compliance
+engine (the DR plan's matrix reads the same results).
+
+Rule ids are stable (alerts and auditors' evidence depend on them); they carry the number
+of the requirement they serve in the DR-plan reference (R1 targets, R2 backup age, R8 test
+cadence, R9 measured RTO/RPO, R10 verification errors) or P for drcheck's own ability to
+watch (a probe that cannot read its source proves nothing).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Callable, Iterator
+
+from drcheck.config_loader import LoadedConfig
+from drcheck.durations import format_duration
+from drcheck.kinds import probe_module
+from drcheck.results import Severity
+from drcheck.store import Store, parse_ts
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A rule's identity: what it checks and which controls its results evidence."""
+
+    id: str
+    title: str
+    severity: Severity
+    controls: tuple[str, ...]
+
+
+RULES: dict[str, Rule] = {r.id: r for r in (
+    Rule("R1.targets", "recovery targets are consistent (RTO ≤ MTD, RTO + WRT ≤ MTD)", Severity.WARNING,
+         ("NIST CP-2a.2", "SP 800-34 §3.2.1", "ISO 27001 A.5.30")),
+    Rule("R2.backup_age", "newest restore point in each copy is within the RPO", Severity.CRITICAL,
+         ("NIST CP-9a-c", "CIS 11.2", "ISO 27001 A.8.13")),
+    Rule("R8.test_configured", "the system has a restore test", Severity.CRITICAL,
+         ("NIST CP-4", "NIST CP-9(1)", "CIS 11.5")),
+    Rule("R8.test_cadence", "restore tests run on schedule", Severity.WARNING,
+         ("NIST CP-4", "NIST CP-9(1)", "CIS 11.5")),
+    Rule("R9.rto", "last measured RTO is within target", Severity.CRITICAL, ("NIST CP-4b-c", "NIST CP-10")),
+    Rule("R9.rpo", "last achieved RPO is within target", Severity.CRITICAL, ("NIST CP-4b-c", "NIST CP-10")),
+    Rule("R10.restore_test", "the latest restore test passed every check", Severity.CRITICAL,
+         ("NIST CP-9(1)", "NIST CP-4(4)", "CIS 11.5")),
+    Rule("R10.source_check", "integrity checks of the copies found no damage", Severity.CRITICAL,
+         ("NIST CP-9(1)", "ISO 27001 A.8.13")),
+    Rule("R10.source_findings", "probes found nothing critical about the system's backups", Severity.CRITICAL,
+         ("NIST CP-9a-c", "ISO 27001 A.8.13")),
+    Rule("P1.watched", "a probe watches the system's backups", Severity.CRITICAL, ("NIST CP-9a-c",)),
+    Rule("P2.probe_up", "every probe of the system can read its source", Severity.CRITICAL, ("NIST CP-9a-c",)),
+)}
+
+# Probe findings the rules above derive themselves from the restore points; counting them
+# again under R10.source_findings would judge one fact twice.
+DERIVED_FINDINGS = frozenset({"rpo_breach", "no_restore_point"})
+
+
+@dataclass(frozen=True)
+class RuleResult:
+    """One rule judged for one system (or for the agent, system None)."""
+
+    rule: str
+    system: str | None
+    passed: bool
+    message: str
+    measured: Any = None
+    threshold: Any = None
+    evidence: tuple[tuple[str, int], ...] = ()  # (table, row id) pairs
+    subject: str | None = None  # the copy, probe or test the result is about, when several
+
+    @property
+    def severity(self) -> Severity:
+        return RULES[self.rule].severity
+
+    @property
+    def controls(self) -> tuple[str, ...]:
+        return RULES[self.rule].controls
+
+    def to_json(self) -> dict[str, Any]:
+        return {"rule": self.rule, "system": self.system, "subject": self.subject, "passed": self.passed,
+                "severity": self.severity.value, "measured": self.measured, "threshold": self.threshold,
+                "evidence": [{"table": t, "id": i} for t, i in self.evidence], "message": self.message,
+                "controls": list(self.controls)}
+
+
+@dataclass
+class Facts:
+    """What the rules read, fetched once from the store (every read is a current-state or
+    newest-per-group query, never a scan of history)."""
+
+    points: dict[str, list[dict]] = field(default_factory=dict)  # system -> current points rows
+    runs: dict[tuple[str, str], dict] = field(default_factory=dict)  # (probe, action) -> latest run
+    tests: dict[tuple[str, str], dict] = field(default_factory=dict)  # (system, test) -> latest run
+    measured: dict[str, dict[tuple[str, str], dict]] = field(default_factory=dict)  # column -> latest measuring run
+    passed: dict[tuple[str, str], datetime] = field(default_factory=dict)  # last passed start
+    findings: dict[str, list[dict]] = field(default_factory=dict)  # system -> current findings
+
+    @classmethod
+    def read(cls, loaded: LoadedConfig, store: Store) -> "Facts":
+        cfg = loaded.config
+        facts = cls()
+        for row in store.current_restore_points():
+            if row["probe"] in cfg.probes:
+                facts.points.setdefault(row["system"], []).append(row)
+        facts.runs = {(r["probe"], r["action"]): r for r in store.latest_probe_runs() if r["probe"] in cfg.probes}
+        facts.tests = {(r["system"], r["test"]): r for r in store.latest_restore_tests()}
+        facts.passed = {(r["system"], r["test"]): parse_ts(r["started_at"]) for r in store.last_successful_tests()}
+        facts.measured = {column: {(r["system"], r["test"]): r for r in store.latest_measuring(column)}
+                          for column in ("rto_seconds", "rpo_seconds")}
+        for row in store.findings_of_latest_runs():
+            if row["probe"] in cfg.probes and row["system"] and row["severity"] == Severity.CRITICAL.value \
+                    and row["code"] not in DERIVED_FINDINGS:
+                facts.findings.setdefault(row["system"], []).append(row)
+        return facts
+
+
+Check = Callable[[LoadedConfig, Facts, str, datetime], Iterator[RuleResult]]
+
+
+def evaluate(loaded: LoadedConfig, store: Store, now: datetime, facts: Facts | None = None) -> list[RuleResult]:
+    """Judge every rule for every runbook system; return passing and failing results, in
+    system then rule order."""
+    facts = facts or Facts.read(loaded, store)
+    results: list[RuleResult] = []
+    for system in sorted(loaded.runbooks):
+        for check in CHECKS:
+            results.extend(check(loaded, facts, system, now))
+    return results
+
+
+def failing(results: list[RuleResult]) -> list[RuleResult]:
+    return [r for r in results if not r.passed]
+
+
+# -- the rules ---------------------------------------------------------------------------
+
+
+def _targets(loaded: LoadedConfig, facts: Facts, system: str, now: datetime) -> Iterator[RuleResult]:
+    rb = loaded.runbooks[system]
+    total = rb.rto + (rb.wrt or timedelta(0))
+    ok = rb.rto <= rb.mtd and total <= rb.mtd
+    what = "RTO + WRT" if rb.wrt else "RTO"
+    yield RuleResult("R1.targets", system, ok,
+                     f"{what} {format_duration(total.total_seconds())} "
+                     f"{'is within' if ok else 'exceeds'} the MTD {format_duration(rb.mtd.total_seconds())}",
+                     measured=total.total_seconds(), threshold=rb.mtd.total_seconds())
+
+
+def _probes_of(loaded: LoadedConfig, system: str) -> list[str]:
+    return [name for name, probe in loaded.config.probes.items() if system in probe.systems_covered()]
+
+
+def _watched(loaded: LoadedConfig, facts: Facts, system: str, now: datetime) -> Iterator[RuleResult]:
+    probes = _probes_of(loaded, system)
+    yield RuleResult("P1.watched", system, bool(probes),
+                     f"watched by {', '.join(probes)}" if probes else "no probe watches its backups",
+                     measured=len(probes), threshold=1)
+
+
+def _probe_health(loaded: LoadedConfig, facts: Facts, system: str, now: datetime) -> Iterator[RuleResult]:
+    cfg = loaded.config
+    rpo = loaded.runbooks[system].rpo.total_seconds()
+    points = {row["copy"]: row for row in facts.points.get(system, [])}
+    for name in _probes_of(loaded, system):
+        probe = cfg.probes[name]
+        module = probe_module(probe.kind)
+        for action in module.ACTIONS:
+            run = facts.runs.get((name, action))
+            evidence = (("probe_runs", run["id"]),) if run else ()
+            if action in module.LISTS_POINTS:
+                if run is None:
+                    yield RuleResult("P2.probe_up", system, False, f"probe {name} has not run yet ({action})",
+                                     subject=name)
+                    continue
+                up = run["status"] != "error"
+                yield RuleResult("P2.probe_up", system, up,
+                                 f"probe {name} {'lists' if up else 'could not list'} restore points"
+                                 + ("" if up else f": {run['reason']}"), evidence=evidence, subject=name)
+                yield _backup_age(system, probe.copy, points.get(probe.copy), rpo, now, run)
+            elif run is not None:
+                good = run["status"] == "ok"
+                yield RuleResult("R10.source_check", system, good,
+                                 f"{action} of {name} {run['status']}" + (f": {run['reason']}" if run["reason"] else ""),
+                                 evidence=evidence, subject=name)
+    for row in facts.findings.get(system, []):
+        yield RuleResult("R10.source_findings", system, False, f"{row['probe']}: {row['message']}",
+                         measured=row["code"], evidence=(("findings", row["id"]),), subject=row["probe"])
+
+
+def _backup_age(system: str, copy: str, point: dict | None, rpo: float, now: datetime, run: dict) -> RuleResult:
+    if point is None:
+        return RuleResult("R2.backup_age", system, False, f"no restore point in {copy}", threshold=rpo,
+                          evidence=(("probe_runs", run["id"]),), subject=copy)
+    age = (now - parse_ts(point["point_time"])).total_seconds()
+    ok = age <= rpo
+    return RuleResult("R2.backup_age", system, ok,
+                      f"newest restore point in {copy} is {format_duration(age)} old (RPO {format_duration(rpo)})",
+                      measured=age, threshold=rpo, evidence=(("restore_points", point["id"]),), subject=copy)
+
+
+def _tests(loaded: LoadedConfig, facts: Facts, system: str, now: datetime) -> Iterator[RuleResult]:
+    cfg = loaded.config
+    rb = loaded.runbooks[system]
+    names = [n for n, t in cfg.restore_tests.items() if t.system == system]
+    yield RuleResult("R8.test_configured", system, bool(names),
+                     f"restore tests: {', '.join(names)}" if names else "no restore test configured",
+                     measured=len(names), threshold=1)
+    for name in names:
+        run = facts.tests.get((system, name))
+        if run is None:
+            yield RuleResult("R10.restore_test", system, False, f"restore test {name} has never run", subject=name)
+            continue
+        evidence = (("restore_tests", run["id"]),)
+        good = run["status"] == "passed"
+        yield RuleResult("R10.restore_test", system, good,
+                         f"restore test {name} {run['status']}" + (f": {run['reason']}" if run["reason"] else ""),
+                         measured=run["status"], evidence=evidence, subject=name)
+        yield from _cadence(loaded, system, name, parse_ts(run["started_at"]), now, evidence)
+        yield from _measured(rb, system, name, facts)
+
+
+def _cadence(loaded: LoadedConfig, system: str, name: str, started: datetime, now: datetime,
+             evidence) -> Iterator[RuleResult]:
+    cfg = loaded.config
+    test = cfg.restore_tests[name]
+    if test.schedule is None:
+        return
+    # the run after this one; fire times are inclusive, so step past the start
+    expected = test.schedule.trigger(cfg.agent.timezone).get_next_fire_time(None, started + timedelta(seconds=1))
+    allowance = (test.timeout or cfg.agent.job_timeout) + cfg.agent.misfire_grace
+    since = (now - started).total_seconds()
+    late = expected is not None and now > expected + allowance
+    yield RuleResult("R8.test_cadence", system, not late,
+                     f"restore test {name} {'is overdue: last ran' if late else 'last ran'} "
+                     f"{format_duration(since)} ago", measured=since, evidence=evidence, subject=name)
+
+
+def _measured(rb, system: str, name: str, facts: Facts) -> Iterator[RuleResult]:
+    """The latest run that measured each figure (RTO only when every check passed, RPO
+    also on a failed run), so a breach stays visible until a later run measures better."""
+    for rule, column, target, what in (("R9.rto", "rto_seconds", rb.rto, "measured RTO"),
+                                       ("R9.rpo", "rpo_seconds", rb.rpo, "achieved RPO")):
+        row = facts.measured.get(column, {}).get((system, name))
+        if row is None:
+            continue
+        value, evidence = row[column], (("restore_tests", row["id"]),)
+        ok = value <= target.total_seconds()
+        yield RuleResult(rule, system, ok,
+                         f"{what} of {name} {format_duration(value)} {'within' if ok else 'exceeds'} "
+                         f"target {format_duration(target.total_seconds())}",
+                         measured=value, threshold=target.total_seconds(), evidence=evidence, subject=name)
+
+
+CHECKS: tuple[Check, ...] = (_targets, _watched, _probe_health, _tests)
