@@ -13,6 +13,11 @@ from drcheck.kinds import probe_module
 from drcheck.store import Store, parse_ts
 
 
+# critical findings status judges itself from the current restore points (their age, their
+# absence); any other critical finding of a probe's latest run is a problem as it stands
+JUDGED_FROM_POINTS = frozenset({"rpo_breach", "no_restore_point"})
+
+
 @dataclass
 class CopyPoint:
     copy: str
@@ -100,6 +105,7 @@ def system_statuses(loaded: LoadedConfig, store: Store, now: datetime) -> list[S
     runs = {(r["probe"], r["action"]): r for r in store.latest_probe_runs()}
     latest = {(r["system"], r["test"]): test_run(r) for r in store.latest_restore_tests()}
     successes = {(r["system"], r["test"]): parse_ts(r["started_at"]) for r in store.last_successful_tests()}
+    findings = store.findings_of_latest_runs()
 
     statuses = []
     for system, rb in sorted(loaded.runbooks.items()):
@@ -111,6 +117,10 @@ def system_statuses(loaded: LoadedConfig, store: Store, now: datetime) -> list[S
         _judge_points(status, points.get(system, []), now)
         for probe in probes_of[system]:
             _judge_probe(status, probe, cfg.probes[probe].kind, copy_of[probe], runs)
+        for finding in findings:
+            if finding["system"] == system and finding["probe"] in probes_of[system] \
+                    and finding["severity"] == "critical" and finding["code"] not in JUDGED_FROM_POINTS:
+                status.problems.append(f"{finding['code']}: {finding['message']}")
         if not probes_of[system]:
             status.problems.append("no probe watches its backups")
         _judge_tests(status, loaded, tests_of[system], latest, now)

@@ -41,6 +41,16 @@ class CanaryConfig(Strict):
     max_age: Duration | None = Field(
         None, description="oldest acceptable canary in a restore (default: the runbook's RPO)"
     )
+    require: list[str] = Field(
+        default_factory=list,
+        description="paths (relative to the source directory) that must exist before planting, e.g. a marker "
+                    "file only the mounted volume holds",
+    )
+    min_entries: int = Field(
+        1, strict=True, ge=0,
+        description="refuse to plant into a source directory with fewer entries (an unmounted mount point is empty)",
+    )
+    mount_point: bool = Field(False, description="refuse to plant unless the source directory is a mount point")
 
 
 class SpotCheck(Strict):
