@@ -178,18 +178,18 @@ def regular_files(root: Path) -> dict[str, int]:
     return found
 
 
-def _live_state(live: Path, entry: SnapshotFile) -> str:
+def _live_state(live: Path, entry: SnapshotFile) -> tuple[str, int]:
     """Compare the live file with the point's entry in one lstat (this runs for every file
     of the point): "unchanged" (regular file, same mtime and size), "size_differs" (same
     mtime, another size: never a change at the source, the point stored it wrong) or
-    "changed" (anything else: edited, replaced, gone)."""
+    "changed" (anything else: edited, replaced, gone); with the live size."""
     try:
         st = live.lstat()
     except OSError:
-        return "changed"
+        return "changed", -1
     if not stat.S_ISREG(st.st_mode) or entry.mtime is None or abs(st.st_mtime - entry.mtime.timestamp()) >= 0.001:
-        return "changed"
-    return "unchanged" if st.st_size == entry.size else "size_differs"
+        return "changed", st.st_size
+    return ("unchanged" if st.st_size == entry.size else "size_differs"), st.st_size
 
 
 class SpotCheckRun:
@@ -212,8 +212,8 @@ class SpotCheckRun:
         self.source_root = Path(config.source_root)
         self.stored = stored
         states = [(f, _live_state(self._live(f), f)) for f in files]
-        self.eligible = [f for f, state in states if state == "unchanged"]
-        self.size_differs = [f for f, state in states if state == "size_differs"]
+        self.eligible = [f for f, (state, _) in states if state == "unchanged"]
+        self.size_differs = [(f, size) for f, (state, size) in states if state == "size_differs"]
         wanted = max(config.files, math.ceil(len(self.eligible) * config.percent / 100))
         self.sample = (rng or random.SystemRandom()).sample(self.eligible, min(wanted, len(self.eligible)))
         self.pool = ThreadPoolExecutor(max_workers=workers)
@@ -233,8 +233,8 @@ class SpotCheckRun:
         """Compare the sample's restored copies with the live source."""
 
         def body():
-            differs = [f"{f.path}: stored {f.size} bytes, live {self._live(f).lstat().st_size} at the same mtime"
-                       for f in self.size_differs]
+            differs = [f"{f.path}: stored {f.size} bytes, live {size} at the same mtime"
+                       for f, size in self.size_differs]
             if not self.eligible and not differs:  # cannot compare: an environment problem, not a bad backup
                 return (Status.ERROR,
                         f"none of {self.total} snapshot file(s) is unchanged at the live source under "

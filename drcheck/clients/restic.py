@@ -213,7 +213,7 @@ class ResticRepository:
 
     def _run(self, args: Sequence[str], *, timeout: float | None = None, stdout_path: Path | None = None):
         self._verify_command()
-        argv = [self.command, "--no-lock" if args[0] in ("snapshots", "ls") else "", *args]
+        argv = [self.command, "--no-lock" if args[0] in ("snapshots", "ls", "stats") else "", *args]
         argv = [a for a in argv if a]
         log.debug("running %s", " ".join(argv))
         try:
