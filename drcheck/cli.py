@@ -173,6 +173,7 @@ def canary() -> None:
 @pass_state
 def canary_plant(state: State, tests: tuple[str, ...]) -> None:
     """Write fresh canaries for TESTS (default: every restore test with a canary)."""
+    from drcheck.canary import CanaryRefused
     from drcheck.engine import plant_canary
 
     loaded = state.loaded()
@@ -180,7 +181,12 @@ def canary_plant(state: State, tests: tuple[str, ...]) -> None:
     with state.store() as store:
         for name in names:
             _require(name, loaded.config.restore_tests, "restore test")
-            out.print(f"{name}: canary written to {escape(str(plant_canary(loaded, store, name)))}")
+            try:
+                written = plant_canary(loaded, store, name)
+            except CanaryRefused as exc:
+                click.echo(f"{name}: {exc}", err=True)
+                sys.exit(1)
+            out.print(f"{name}: canary written to {escape(str(written))}")
 
 
 @cli.command()

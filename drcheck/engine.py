@@ -123,10 +123,14 @@ def run_restore_test(loaded: LoadedConfig, store: Store, name: str,
 
 
 def plant_canary(loaded: LoadedConfig, store: Store, name: str, now: Callable = utcnow) -> Path:
-    """Write a fresh canary for restore test `name` into its system's live source."""
+    """Write a fresh canary for restore test `name` into its system's live source; raise
+    canary.CanaryRefused when that source looks empty or unmounted."""
     target = loaded.config.restore_tests[name]
     path = Path(loaded.source_path(target.probe, target.system, target.canary.path))
-    canary.plant(store, name, target.system, path, now())
+    guard = target.canary
+    source = path.parent if guard.path.is_absolute() else Path(loaded.config.probes[target.probe].source_paths(target.system)[0])
+    canary.plant(store, name, target.system, path, now(), source=source, require=guard.require,
+                 min_entries=guard.min_entries, mount_point=guard.mount_point)
     log.info("planted canary for %s at %s", name, path)
     return path
 

@@ -57,11 +57,14 @@ class RestorePoint:
 
 @dataclass(frozen=True)
 class SnapshotFile:
-    """A regular file as a restore point recorded it (absolute path, size, mtime)."""
+    """An entry as a restore point recorded it (absolute path, size, mtime, and its type:
+    "file", "dir", "symlink", … as the kind names them; kinds listing only regular files
+    may leave the default)."""
 
     path: str
     size: int
     mtime: datetime | None
+    type: str = "file"
 
 
 @dataclass(frozen=True)

@@ -189,7 +189,7 @@ def _probe_health(loaded: LoadedConfig, facts: Facts, system: str, now: datetime
                                  f"{action} of {name} {run['status']}" + (f": {run['reason']}" if run["reason"] else ""),
                                  evidence=evidence, subject=name)
     for row in facts.findings.get(system, []):
-        yield RuleResult("R10.source_findings", system, False, f"{row['probe']}: {row['message']}",
+        yield RuleResult("R10.source_findings", system, False, f"{row['code']}: {row['message']}",
                          measured=row["code"], evidence=(("findings", row["id"]),), subject=row["probe"])
 
 

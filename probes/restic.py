@@ -6,6 +6,7 @@ Actions: `snapshots` (list snapshots, map them to systems; the default) and `che
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from datetime import timedelta
@@ -17,9 +18,10 @@ from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from drcheck.clients import SourceError
 from drcheck.clients.restic import ResticRepository, Snapshot
 from drcheck.config_types import SECRET_HINT, SECRETISH_NAME, EnvValue, SecretSpec, resolve_path
+from drcheck.coverage import PointFacts, WrongSourceConfig, wrong_source
 from drcheck.durations import format_duration
 from drcheck.kinds import ActionConfig, FileBackupTarget, action_timeout
-from drcheck.mapping import by_system, under_any
+from drcheck.mapping import by_identity, under_any
 from drcheck.results import Finding, ProbeResult, RestorePoint, Severity, SnapshotFile, Status
 from drcheck.sandbox import check_entry
 from drcheck.secrets import write_secret_file
@@ -55,6 +57,11 @@ class ResticProbe(FileBackupTarget):
         default_factory=ActionConfig, description="list snapshots and map them to systems (default limit 10m)"
     )
     check: RepositoryCheck = Field(default_factory=RepositoryCheck, description="repository integrity check")
+    wrong_source: WrongSourceConfig = Field(
+        default_factory=WrongSourceConfig,
+        description="flag a newest snapshot that misses a system's paths or shrank (measured once per snapshot "
+                    "with `restic stats --mode restore-size`)",
+    )
 
     @field_validator("repository", mode="after")
     @classmethod
@@ -104,9 +111,41 @@ def repository(target: ResticProbe) -> ResticRepository:
 
 
 def newest_for(target: ResticProbe, system: str, repo: ResticRepository) -> Snapshot | None:
-    """Return the newest snapshot of `system` in the repository, or None."""
-    snaps = by_system(repo.snapshots(), [r for r in target.systems if r.system == system])
-    return snaps[system][-1] if snaps.get(system) else None
+    """Return the newest snapshot of `system` in the repository (see `by_identity`: it may
+    be one taken of the wrong paths, which the restore then shows), or None."""
+    snaps = by_identity(repo.snapshots(), target.systems).get(system, [])
+    return snaps[-1] if snaps else None
+
+
+def _cached_sizes(ctx: RunContext) -> dict[str, list[int]]:
+    """Snapshot sizes [bytes, files] this probe measured before (its last listing's details)."""
+    rows = ctx.store.query("SELECT details FROM probe_runs WHERE probe = ? AND action = 'snapshots' "
+                           "AND status != 'error' ORDER BY id DESC LIMIT 1", [ctx.name])
+    try:
+        sizes = json.loads(rows[0]["details"] or "{}").get("point_sizes", {}) if rows else {}
+    except (json.JSONDecodeError, AttributeError):
+        return {}
+    return {k: v for k, v in sizes.items() if isinstance(v, list) and len(v) == 2} if isinstance(sizes, dict) else {}
+
+
+def _sizes(target: ResticProbe, ctx: RunContext, repo: ResticRepository, wanted: list[Snapshot],
+           result: ProbeResult) -> dict[str, list[int]]:
+    """[bytes, files] of each wanted snapshot: from the cache, else measured once (a point
+    is measured when it first becomes a system's newest, or its predecessor)."""
+    cached = _cached_sizes(ctx)
+    sizes = {}
+    for snap in wanted:
+        if snap.id in sizes:
+            continue
+        if snap.id not in cached:
+            try:
+                cached[snap.id] = list(repo.stats(snap.id))
+            except SourceError as exc:
+                result.findings.append(Finding(Severity.WARNING, "point_size_unknown",
+                                               f"cannot measure snapshot {snap.id[:8]}: {exc}"))
+                continue
+        sizes[snap.id] = cached[snap.id]
+    return sizes
 
 
 def snapshots(target: ResticProbe, ctx: RunContext) -> ProbeResult:
@@ -114,13 +153,17 @@ def snapshots(target: ResticProbe, ctx: RunContext) -> ProbeResult:
     started = ctx.now()
     result = ProbeResult(probe=ctx.name, kind="restic", action="snapshots", status=Status.OK,
                          started_at=started, finished_at=started, copy=target.copy)
+    repo = repository(target)
     try:
-        snapshots = repository(target).snapshots()
+        snapshots = repo.snapshots()
     except SourceError as exc:
         result.status, result.reason = Status.ERROR, str(exc)
         result.finished_at = ctx.now()
         return result
-    grouped = by_system(snapshots, target.systems)
+    grouped = by_identity(snapshots, target.systems)
+    judged = target.wrong_source
+    wanted = [s for snaps in grouped.values() for s in snaps[-2:]] if judged.enabled and judged.min_fraction else []
+    sizes = _sizes(target, ctx, repo, wanted, result)
     runbooks = ctx.loaded.runbooks
     for system in sorted({rule.system for rule in target.systems}):
         snaps = grouped.get(system, [])
@@ -130,8 +173,15 @@ def snapshots(target: ResticProbe, ctx: RunContext) -> ProbeResult:
             continue
         newest = snaps[-1]
         result.point_counts[system] = len(snaps)
+        size = sizes.get(newest.id, [None, None])
         result.newest.append(RestorePoint(system=system, copy=target.copy, point_time=newest.time,
-                                          point_id=newest.id, host=newest.hostname, paths=newest.paths))
+                                          point_id=newest.id, host=newest.hostname, paths=newest.paths,
+                                          size_bytes=size[0]))
+        facts = [PointFacts(s.id, s.paths, *sizes.get(s.id, [None, None])) for s in snaps[-2:]]
+        finding = wrong_source(system, target.copy, [str(p) for p in target.source_paths(system)],
+                               facts[-1], facts[0] if len(facts) == 2 else None, judged)
+        if finding:
+            result.findings.append(finding)
         age = (started - newest.time).total_seconds()
         rpo = runbooks[system].rpo.total_seconds() if system in runbooks else None
         if rpo is not None and age > rpo:
@@ -144,7 +194,7 @@ def snapshots(target: ResticProbe, ctx: RunContext) -> ProbeResult:
     if unmapped:
         result.findings.append(Finding(Severity.WARNING, "unmapped_snapshots",
                                        f"{len(unmapped)} snapshot(s) match no system rule"))
-    result.details = {"snapshots": len(snapshots), "unmapped": len(unmapped)}
+    result.details = {"snapshots": len(snapshots), "unmapped": len(unmapped), "point_sizes": sizes}
     critical = [f for f in result.findings if f.severity is Severity.CRITICAL]
     if critical:
         result.status = Status.FAILED
@@ -188,13 +238,13 @@ class FileSource:
         return newest_for(self.target, system, self.repo)
 
     def files(self, point_id: str, include: list[str]) -> list[SnapshotFile]:
-        """Return the snapshot's regular files under `include`; raise SandboxRefused for an
-        entry that would escape a restore target."""
+        """Return every entry of the snapshot under `include` (all of it when empty), with its
+        type; raise SandboxRefused for an entry that would escape a restore target."""
         listed = []
         for entry in self.repo.ls(point_id, include):
             check_entry(entry.path)
-            if entry.type == "file":
-                listed.append(SnapshotFile(entry.path, entry.size, entry.mtime))
+            listed.append(SnapshotFile(entry.path, entry.size if entry.type == "file" else 0, entry.mtime,
+                                       entry.type or "file"))
         return listed
 
     def restore(self, point: Snapshot, dest, include: list[str], timeout: float | None) -> None:

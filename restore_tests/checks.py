@@ -41,14 +41,27 @@ class CanaryConfig(Strict):
     max_age: Duration | None = Field(
         None, description="oldest acceptable canary in a restore (default: the runbook's RPO)"
     )
+    require: list[str] = Field(
+        default_factory=list,
+        description="paths (relative to the source directory) that must exist before planting, e.g. a marker "
+                    "file only the mounted volume holds",
+    )
+    min_entries: int = Field(
+        1, strict=True, ge=0,
+        description="refuse to plant into a source directory with fewer entries (an unmounted mount point is empty)",
+    )
+    mount_point: bool = Field(False, description="refuse to plant unless the source directory is a mount point")
 
 
 class SpotCheck(Strict):
     """Hash a random sample of restored files that are unchanged at the live source
-    (same size and mtime as in the snapshot) and compare with the live file."""
+    (same size and mtime as in the snapshot) and compare with the live file. A file whose
+    mtime is unchanged but whose size differs is always a failure, sampled or not.
+    `percent = 100` hashes every unchanged file (see the README for what a sample finds)."""
 
     files: int = Field(20, strict=True, ge=0, description="at least this many files")
-    percent: float = Field(0.0, strict=True, ge=0, le=100, description="at least this share of eligible files")
+    percent: float = Field(0.0, strict=True, ge=0, le=100,
+                           description="at least this share of eligible files (100: all of them)")
     source_root: ConfigPath = Field(
         Path("/"), description="where the snapshot's absolute paths live now"
     )
@@ -89,13 +102,14 @@ def timed(name: str, body: Callable[[], tuple[Status, str, dict]]) -> CheckResul
     return CheckResult(name, status, evidence, time.perf_counter() - start, details)
 
 
-def expected_paths(sandbox: Path, paths: Sequence[str]) -> CheckResult:
-    """Every path must exist in the restore (inside the sandbox) and be non-empty."""
+def expected_paths(sandbox: Path, paths: Sequence[str], stored: Callable[[str], str] = lambda p: p) -> CheckResult:
+    """Every path (live, named in the evidence) must exist in the restore where the point
+    stored it (`stored(path)`, inside the sandbox) and be non-empty."""
 
     def body():
         problems = []
         for wanted in paths:
-            restored = contained(sandbox, wanted)
+            restored = contained(sandbox, stored(wanted))
             if not restored.exists() and not restored.is_symlink():
                 problems.append(f"{wanted}: missing")
             elif restored.is_file() and restored.stat().st_size == 0:
@@ -110,14 +124,15 @@ def expected_paths(sandbox: Path, paths: Sequence[str]) -> CheckResult:
 
 
 def canary(sandbox: Path, snapshot_path: str, store: Store, system: str, started_at: datetime,
-           max_age: timedelta) -> tuple[CheckResult, datetime | None]:
-    """The canary must be in the restore, planted by drcheck for `system`, unaltered, and
-    at most `max_age` old at test start. Its time comes from the store, never from the
-    restored file. Return the result and that time (None when the canary is not usable)."""
+           max_age: timedelta, stored: Callable[[str], str] = lambda p: p) -> tuple[CheckResult, datetime | None]:
+    """The canary (live path `snapshot_path`, found in the restore at `stored(path)`) must be
+    in the restore, planted by drcheck for `system`, unaltered, and at most `max_age` old
+    at test start. Its time comes from the store, never from the restored file. Return the
+    result and that time (None when the canary is not usable)."""
     found: list[datetime] = []
 
     def body():
-        restored = contained(sandbox, snapshot_path)
+        restored = contained(sandbox, stored(snapshot_path))
         if not restored.is_file() or restored.is_symlink():
             return Status.FAILED, f"no canary at {snapshot_path} in the restore", {}
         try:
@@ -163,32 +178,42 @@ def regular_files(root: Path) -> dict[str, int]:
     return found
 
 
-def _unchanged(live: Path, entry: SnapshotFile) -> bool:
-    """True when the live file is a regular file with the snapshot's size and mtime (one
-    lstat: this runs for every file of the snapshot)."""
+def _live_state(live: Path, entry: SnapshotFile) -> tuple[str, int]:
+    """Compare the live file with the point's entry in one lstat (this runs for every file
+    of the point): "unchanged" (regular file, same mtime and size), "size_differs" (same
+    mtime, another size: never a change at the source, the point stored it wrong) or
+    "changed" (anything else: edited, replaced, gone); with the live size."""
     try:
         st = live.lstat()
     except OSError:
-        return False
-    return (stat.S_ISREG(st.st_mode) and st.st_size == entry.size and entry.mtime is not None
-            and abs(st.st_mtime - entry.mtime.timestamp()) < 0.001)
+        return "changed", -1
+    if not stat.S_ISREG(st.st_mode) or entry.mtime is None or abs(st.st_mtime - entry.mtime.timestamp()) >= 0.001:
+        return "changed", st.st_size
+    return ("unchanged" if st.st_size == entry.size else "size_differs"), st.st_size
 
 
 class SpotCheckRun:
-    """A spot check prepared from the snapshot listing, before the restore exists.
+    """A spot check prepared from the point's listing, before the restore exists.
 
-    Eligible: regular files whose live copy (under `config.source_root`) still has the
-    snapshot's size and mtime. Sample size: max(`files`, `percent` of eligible), capped at
-    eligible. Hashing the live side starts at once, so it overlaps the restore; `result()`
-    then hashes the restored side and compares. Use as a context manager.
+    `files` are the point's regular files keyed by their live path (see
+    drcheck.mapping.Layout); `stored(path)` gives where the point (and so the restore)
+    holds each. Eligible: files whose live copy (under `config.source_root`) still has the
+    point's mtime and size. A file with the point's mtime but another size is a failure,
+    never a change. Sample size: max(`files`, `percent` of eligible), capped at eligible.
+    Hashing the live side starts at once, so it overlaps the restore; `result()` then
+    hashes the restored side and compares. Use as a context manager.
     """
 
     def __init__(self, files: Sequence[SnapshotFile], config: SpotCheck,
-                 rng: random.Random | None = None, workers: int = 4):
+                 rng: random.Random | None = None, workers: int = 4,
+                 stored: Callable[[str], str] = lambda path: path):
         start = time.perf_counter()
         self.total = len(files)
         self.source_root = Path(config.source_root)
-        self.eligible = [f for f in files if _unchanged(self._live(f), f)]
+        self.stored = stored
+        states = [(f, _live_state(self._live(f), f)) for f in files]
+        self.eligible = [f for f, (state, _) in states if state == "unchanged"]
+        self.size_differs = [(f, size) for f, (state, size) in states if state == "size_differs"]
         wanted = max(config.files, math.ceil(len(self.eligible) * config.percent / 100))
         self.sample = (rng or random.SystemRandom()).sample(self.eligible, min(wanted, len(self.eligible)))
         self.pool = ThreadPoolExecutor(max_workers=workers)
@@ -208,16 +233,20 @@ class SpotCheckRun:
         """Compare the sample's restored copies with the live source."""
 
         def body():
-            if not self.eligible:  # cannot compare: an environment problem, not a bad backup
+            differs = [f"{f.path}: stored {f.size} bytes, live {size} at the same mtime"
+                       for f, size in self.size_differs]
+            if not self.eligible and not differs:  # cannot compare: an environment problem, not a bad backup
                 return (Status.ERROR,
                         f"none of {self.total} snapshot file(s) is unchanged at the live source under "
                         f"{self.source_root}; nothing to compare", {"eligible": 0})
             restored = regular_files(sandbox)
-            mismatches = [m for m in self.pool.map(lambda e: self._compare(sandbox, restored, e), self.sample) if m]
-            details = {"eligible": len(self.eligible), "sampled": len(self.sample), "mismatches": mismatches[:50]}
+            mismatches = differs + [m for m in self.pool.map(lambda e: self._compare(sandbox, restored, e), self.sample) if m]
+            details = {"eligible": len(self.eligible), "sampled": len(self.sample),
+                       "size_differs": len(differs), "mismatches": mismatches[:50]}
             if mismatches:
-                return (Status.FAILED, f"{len(mismatches)} of {len(self.sample)} sampled file(s) differ: "
-                        + "; ".join(mismatches[:5]), details)
+                return (Status.FAILED, f"{len(mismatches)} file(s) differ ({len(self.sample)} sampled of "
+                        f"{len(self.eligible)} unchanged, {len(differs)} stored with another size at an "
+                        "unchanged mtime): " + "; ".join(mismatches[:5]), details)
             return (Status.PASSED, f"{len(self.sample)} of {len(self.eligible)} unchanged file(s) hashed, "
                     "all match the live source", details)
 
@@ -226,9 +255,10 @@ class SpotCheckRun:
         return check
 
     def _compare(self, sandbox: Path, restored: dict[str, int], entry: SnapshotFile) -> str | None:
-        relative = entry.path.lstrip("/")
+        stored = self.stored(entry.path)
+        relative = stored.lstrip("/")
         if relative not in restored:
-            contained(sandbox, entry.path)  # raises SandboxRefused when a symlink leads out
+            contained(sandbox, stored)  # raises SandboxRefused when a symlink leads out
             return f"{entry.path}: missing from the restore"
         if restored[relative] != entry.size:
             return f"{entry.path}: restored size {restored[relative]} != {entry.size}"

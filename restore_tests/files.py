@@ -1,6 +1,12 @@
 """File restore test: restore a system's newest restore point into a sandbox directory,
-verify it (expected paths, canary freshness, spot check against the live source,
-application commands), measure RTO and achieved RPO, and always remove the sandbox.
+verify it (expected paths, completeness and spot check against the live source, canary
+freshness, application commands), measure RTO and achieved RPO, and always remove the
+sandbox.
+
+Where the point stored the system's paths (absolute, or relative to the directory the
+backup ran in) is read from the point's own listing (`drcheck.mapping.discover_layout`),
+never assumed; every check names live paths and looks in the restore where the point put
+them.
 
 RTO = restore start -> last check passed (restore and verify recorded separately).
 Achieved RPO = test start - newest canary found in the restore, or - the restore point's
@@ -10,10 +16,12 @@ time when no canary is configured.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
+from dataclasses import replace
 from pathlib import Path
 
 from typing import TYPE_CHECKING, Literal
@@ -24,9 +32,10 @@ from drcheck.clients import SourceError
 from drcheck.config_types import ConfigPath
 from drcheck.durations import format_duration
 from drcheck.kinds import FileBackupTarget, RestoreTestTarget, probe_module
-from drcheck.mapping import within
-from drcheck.results import CheckResult, RestoreTestResult, Status
+from drcheck.mapping import Layout, discover_layout, under_any, within
+from drcheck.results import CheckResult, RestoreTestResult, SnapshotFile, Status
 from drcheck.restore_tests import checks
+from drcheck.restore_tests import completeness as completeness_check
 from drcheck.sandbox import SandboxRefused, contained, sandbox
 
 if TYPE_CHECKING:
@@ -49,6 +58,10 @@ class FilesRestoreTest(RestoreTestTarget):
     )
     canary: checks.CanaryConfig | None = Field(None, description="canary planting and freshness check")
     spot_check: checks.SpotCheck | None = Field(default_factory=checks.SpotCheck, description="hash comparison")
+    completeness: completeness_check.Completeness = Field(
+        default_factory=completeness_check.Completeness,
+        description="every live file older than the point must be in it, with its size (metadata only)",
+    )
     commands: list[checks.CommandCheck] = Field(default_factory=list, description="application checks")
 
     def references(self, loaded: "LoadedConfig") -> list[tuple[str, str]]:
@@ -103,34 +116,64 @@ def run(target: FilesRestoreTest, ctx: RunContext) -> RestoreTestResult:
 
 def _restore_and_verify(target, ctx: RunContext, probe_cfg, result: RestoreTestResult) -> None:
     source = probe_module(probe_cfg.kind).file_source(probe_cfg)
-    include = [str(p) for p in probe_cfg.source_paths(target.system)]
     ctx.progress("finding and listing the newest restore point")
-    point, files = _newest_with_listing(ctx, source, target.system, probe_cfg.copy, include)
+    point, entries = _newest_with_listing(ctx, source, target.system, probe_cfg.copy)
     if point is None:
         result.status, result.reason = Status.FAILED, f"no restore point of {target.system} in {probe_cfg.copy}"
         return
     result.point_id, result.point_time = point.id, point.time
+    source_root = Path(target.spot_check.source_root) if target.spot_check else Path("/")
+    layout = discover_layout(point.paths, (e.path for e in entries), lambda p: _children(source_root, p))
+    live_roots = [str(p) for p in probe_cfg.source_paths(target.system)] or [live for _, live in layout.roots]
+    listing = _live_listing(entries, layout, live_roots)
+    files = [e for e in listing.values() if e.type == "file"]
     result.files_restored = len(files)
     result.bytes_restored = sum(f.size for f in files)
+    include = [stored for stored in map(layout.to_stored, live_roots) if stored is not None]
     timeout = (target.timeout or ctx.loaded.config.agent.job_timeout).total_seconds()
     spot = target.spot_check
-    spot_run = checks.SpotCheckRun(files, spot) if spot is not None and (spot.files or spot.percent) else None
+    spot_run = (checks.SpotCheckRun(files, spot, stored=lambda p: layout.to_stored(p) or p)
+                if spot is not None and (spot.files or spot.percent) else None)
 
     with sandbox(ctx.store, ctx.loaded.config.agent.sandbox_root, ctx.name, target.target_dir) as dest, \
-            (spot_run or nullcontext()):
+            (spot_run or nullcontext()), ThreadPoolExecutor(max_workers=1) as background:
+        complete = None
+        if target.completeness.enabled:  # metadata only: runs while restic restores
+            previous = completeness_check.previous_share(ctx.store, ctx.name, target.system)
+            complete = background.submit(completeness_check.completeness, live_roots, source_root, listing,
+                                         point.time, target.completeness, previous)
         result.sandbox = str(dest)
         t0 = time.perf_counter()
         with _watch_progress(ctx, dest, result.bytes_restored):
             source.restore(point, dest, include, timeout)
         result.restore_seconds = time.perf_counter() - t0
         ctx.progress("verifying")
-        verdicts = _verify(target, ctx, dest, spot_run, result)
+        verdicts = _verify(target, ctx, dest, spot_run, complete, layout, live_roots, result)
         result.verify_seconds = time.perf_counter() - t0 - result.restore_seconds
     _judge(result, verdicts)
 
 
-def _newest_with_listing(ctx: RunContext, source, system: str, copy: str, include: list[str]):
-    """Return the newest restore point and its file listing.
+def _children(source_root: Path, path: str) -> set[str] | None:
+    """Entry names of a live directory (None when unreadable): evidence for the layout."""
+    try:
+        return set(os.listdir(source_root / path.lstrip("/")))
+    except OSError:
+        return None
+
+
+def _live_listing(entries, layout: Layout, live_roots: list[str]) -> dict[str, SnapshotFile]:
+    """The point's entries under the system's live roots, keyed by (and renamed to) the live
+    path they restore."""
+    listing = {}
+    for entry in entries:
+        live = layout.to_live(entry.path)
+        if live is not None and under_any(live, live_roots):
+            listing[live] = replace(entry, path=live)
+    return listing
+
+
+def _newest_with_listing(ctx: RunContext, source, system: str, copy: str):
+    """Return the newest restore point and its whole listing (the layout is read from it).
 
     Each restic call pays the repository's key derivation, so the listing of the point the
     last probe reported is fetched while `snapshots` confirms it is still the newest; it is
@@ -139,35 +182,46 @@ def _newest_with_listing(ctx: RunContext, source, system: str, copy: str, includ
     known = ctx.store.latest_point_id(system, copy)
     if known is None:
         point = source.newest(system)
-        return point, (source.files(point.id, include) if point else [])
+        return point, (source.files(point.id, []) if point else [])
     with ThreadPoolExecutor(max_workers=2) as pool:
         newest = pool.submit(source.newest, system)
-        guess = pool.submit(source.files, known, include)
+        guess = pool.submit(source.files, known, [])
         point = newest.result()
         if point is not None and point.id == known:
             try:
                 return point, guess.result()
             except SourceError:
                 pass  # e.g. pruned since the probe ran: list the real newest below
-    return point, (source.files(point.id, include) if point else [])
+    return point, (source.files(point.id, []) if point else [])
 
 
-def _verify(target: FilesRestoreTest, ctx: RunContext, dest: Path, spot_run, result: RestoreTestResult):
+def _verify(target: FilesRestoreTest, ctx: RunContext, dest: Path, spot_run, complete, layout: Layout,
+            live_roots: list[str], result: RestoreTestResult):
     runbook = ctx.loaded.runbooks[target.system]
-    include = ctx.loaded.config.probes[target.probe].source_paths(target.system)
+
+    def stored(live) -> str:
+        return layout.to_stored(str(live)) or str(live)
+
     try:  # the restored source path may itself be a symlink leading out of the sandbox
-        data_root, data_refused = (contained(dest, str(include[0])) if len(include) == 1 else dest), None
+        data_root, data_refused = (contained(dest, stored(live_roots[0])) if len(live_roots) == 1 else dest), None
     except SandboxRefused as exc:
         data_root, data_refused = dest, exc
     result.rpo_seconds = (result.started_at - result.point_time).total_seconds()
     result.rpo_source = "restore_point"
     if target.expected_paths:
         wanted = [str(ctx.loaded.source_path(target.probe, target.system, p)) for p in target.expected_paths]
-        result.checks.append(checks.expected_paths(dest, wanted))
+        result.checks.append(checks.expected_paths(dest, wanted, stored=stored))
+    if complete is not None:
+        check = complete.result()
+        check.details["layout"] = layout.describe()
+        if layout.relocated:  # say where the files were found, so the evidence can be checked
+            check.evidence += f"; layout read from the point: {layout.describe()}"
+        result.checks.append(check)
     if target.canary is not None:
         max_age = target.canary.max_age or runbook.rpo
         canary_path = str(ctx.loaded.source_path(target.probe, target.system, target.canary.path))
-        check, canary_time = checks.canary(dest, canary_path, ctx.store, target.system, result.started_at, max_age)
+        check, canary_time = checks.canary(dest, canary_path, ctx.store, target.system, result.started_at, max_age,
+                                           stored=stored)
         result.checks.append(check)
         if canary_time is not None:
             result.rpo_seconds = (result.started_at - canary_time).total_seconds()

@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import tempfile
+import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,6 +26,20 @@ log = logging.getLogger(__name__)
 
 class ResticError(SourceError):
     """restic failed; `damaged` when restic found the repository's data corrupt."""
+
+
+class RestoreLostData(ResticError):
+    """A restore could not write some files because the repository lacks or damaged their
+    data (missing or corrupt pack): the backup is bad. `files` as the snapshot names them."""
+
+    def __init__(self, files: list[str], packs: list[str], message: str = ""):
+        shown = ", ".join(files[:10]) + (f" (+{len(files) - 10} more)" if len(files) > 10 else "")
+        where = f" (pack {', '.join(packs[:3])})" if packs else ""
+        said = f"; restic: {message[:160]}" if message else ""
+        super().__init__(f"backup data is missing or damaged{where}: {len(files)} file(s) could not be "
+                         f"restored: {shown}{said}", damaged=True)
+        self.files = files
+        self.packs = packs
 
 
 @dataclass(frozen=True)
@@ -75,6 +90,31 @@ _DAMAGE = ("ciphertext verification failed", "Pack ID does not match", "reposito
            "invalid data returned", "is damaged", "hash mismatch", "checksum mismatch")
 
 
+# `restic restore` reports each file it could not write as "ignoring error for PATH: MSG";
+# a message naming a pack (missing, unreadable or corrupt) means the repository lacks data.
+_FILE_ERROR = re.compile(r"^ignoring error for (?P<path>/.*?): (?P<message>.*)$")
+_PACK_PROBLEM = re.compile(r"StreamPack|data/[0-9a-f]{6,}|ciphertext verification failed|"
+                           r"Pack ID does not match|not found in index|hash mismatch")
+_PACK_NAME = re.compile(r"data/(?:[0-9a-f]{2}/)?([0-9a-f]{8,})")
+
+
+def lost_files(stderr: str) -> tuple[list[str], list[str], str]:
+    """From `restic restore` output, return (files that lost data because the repository
+    lacks or damaged it, the packs named, restic's first such message), files and packs in
+    first-seen order without repeats."""
+    files: dict[str, None] = {}
+    packs: dict[str, None] = {}
+    first = ""
+    for line in stderr.splitlines():
+        match = _FILE_ERROR.match(line.strip())
+        if match and _PACK_PROBLEM.search(match["message"]):
+            files[match["path"]] = None
+            first = first or match["message"]
+            for pack in _PACK_NAME.findall(match["message"]):
+                packs[pack[:12]] = None
+    return list(files), list(packs), first
+
+
 def damage_lines(stderr: str) -> list[str]:
     """Return restic's lines reporting corrupt repository data."""
     return [line.strip() for line in stderr.splitlines() if any(n in line for n in _DAMAGE)]
@@ -94,8 +134,36 @@ def explain_failure(stderr: str, returncode: int) -> str:
     return f"restic exited {returncode}: {last[:300]}"
 
 
+MIN_VERSION = (0, 12, 0)
+_VERSIONS: dict[str, tuple[int, ...] | str] = {}  # command -> version, or why it is not restic
+_VERSIONS_LOCK = threading.Lock()
+_VERSION_LINE = re.compile(r"^restic (\d+)\.(\d+)\.(\d+)\b")
+
+
+def parse_version(output: str) -> tuple[int, int, int] | None:
+    """The version `restic version` printed (first line), or None when it is not restic's."""
+    match = _VERSION_LINE.match(output.strip())
+    return tuple(int(g) for g in match.groups()) if match else None  # type: ignore[return-value]
+
+
+def _version_problem(output: str, command: str) -> str | None:
+    found = parse_version(output)
+    if found is None:
+        shown = output.strip().splitlines()[0][:80] if output.strip() else "nothing"
+        return f"{command} is not restic: `{command} version` printed {shown!r}"
+    if found < MIN_VERSION:
+        return (f"{command} is restic {'.'.join(map(str, found))}; drcheck needs restic "
+                f"{'.'.join(map(str, MIN_VERSION))} or newer")
+    return None
+
+
 class ResticRepository:
-    """One restic repository, reached with `command` (a restic binary)."""
+    """One restic repository, reached with `command` (a restic binary).
+
+    The first call of a process to a given command asks it `restic version`, so a program
+    that is not restic (or too old) is an error saying so, never an empty answer; the
+    verdict is cached per command for the life of the process.
+    """
 
     def __init__(
         self,
@@ -123,8 +191,29 @@ class ResticRepository:
             env["RESTIC_PASSWORD"] = self.password.reveal()
         return env
 
+    def _verify_command(self) -> None:
+        """Raise ResticError when `command` is not a usable restic (checked once per process)."""
+        with _VERSIONS_LOCK:
+            known = _VERSIONS.get(self.command)
+        if known is None:
+            try:
+                done = process.run([self.command, "version"], timeout=60, env={"TZ": "UTC"})
+            except process.CommandNotFound as exc:
+                raise ResticError(f"restic command not found: {exc}") from None
+            except process.CommandTimeout as exc:
+                raise ResticError(f"{self.command} version: {exc}") from None
+            problem = _version_problem(done.stdout if done.returncode == 0 else "", self.command)
+            if done.returncode != 0 and problem:
+                problem += f" (exit {done.returncode})"
+            known = problem or parse_version(done.stdout)
+            with _VERSIONS_LOCK:
+                _VERSIONS[self.command] = known
+        if isinstance(known, str):
+            raise ResticError(known)
+
     def _run(self, args: Sequence[str], *, timeout: float | None = None, stdout_path: Path | None = None):
-        argv = [self.command, "--no-lock" if args[0] in ("snapshots", "ls") else "", *args]
+        self._verify_command()
+        argv = [self.command, "--no-lock" if args[0] in ("snapshots", "ls", "stats") else "", *args]
         argv = [a for a in argv if a]
         log.debug("running %s", " ".join(argv))
         try:
@@ -134,6 +223,10 @@ class ResticRepository:
         except process.CommandTimeout as exc:
             raise ResticError(str(exc)) from None
         if done.returncode != 0:
+            if args[0] == "restore":
+                lost, packs, message = lost_files(done.stderr)
+                if lost:
+                    raise RestoreLostData(lost, packs, message)
             raise ResticError(explain_failure(done.stderr, done.returncode),
                               damaged=bool(damage_lines(done.stderr + done.stdout)))
         return done
@@ -177,6 +270,16 @@ class ResticRepository:
                         size=int(node.get("size") or 0),
                         mtime=_parse_time(mtime) if mtime else None,
                     )
+
+    def stats(self, snapshot_id: str, timeout: float | None = None) -> tuple[int, int]:
+        """Return (bytes, files) a restore of the snapshot would write
+        (`restic stats --mode restore-size`). Raise ResticError."""
+        done = self._run(["stats", "--json", "--mode", "restore-size", snapshot_id], timeout=timeout)
+        try:
+            data = json.loads(done.stdout)
+            return int(data["total_size"]), int(data["total_file_count"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise ResticError(f"unreadable `restic stats --json` output: {exc}") from None
 
     def init(self) -> None:
         """Create the repository (demo and tests)."""

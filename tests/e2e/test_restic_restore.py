@@ -31,7 +31,7 @@ def test_healthy_restore_passes_with_rto_and_rpo_stored(lab):
 
     assert result.status is Status.PASSED, result.reason
     assert result.point_id[:8] == snapshot[:8]
-    assert [c.name for c in result.checks] == ["expected_paths", "canary", "spot_check", "db integrity"]
+    assert [c.name for c in result.checks] == ["expected_paths", "completeness", "canary", "spot_check", "db integrity"]
     assert all(c.status is Status.PASSED for c in result.checks)
     row = lab.rows("SELECT * FROM restore_tests")[-1]
     assert row["status"] == "passed"
@@ -41,7 +41,7 @@ def test_healthy_restore_passes_with_rto_and_rpo_stored(lab):
     assert row["rpo_source"] == "canary"
     assert 2 * 3600 + 50 < row["rpo_seconds"] < 2 * 3600 + 600
     assert row["rto_target_seconds"] == 3600 and row["rpo_target_seconds"] == 86400
-    assert len(lab.rows("SELECT * FROM check_results WHERE restore_test_id = ?", [row["id"]])) == 4
+    assert len(lab.rows("SELECT * FROM check_results WHERE restore_test_id = ?", [row["id"]])) == 5
     assert lab.sandbox_entries() == []
     assert lab.rows("SELECT COUNT(*) AS n FROM sandbox_leases WHERE released_at IS NULL")[0]["n"] == 0
 
@@ -320,7 +320,8 @@ def test_cli_json_and_exit_codes(lab):
     assert ok.returncode == 0, ok.stderr
     data = json.loads(ok.stdout)
     assert data["status"] == "passed" and data["system"] == "app"
-    assert {c["name"] for c in data["checks"]} == {"expected_paths", "canary", "spot_check", "db integrity"}
+    assert {c["name"] for c in data["checks"]} == {"expected_paths", "completeness", "canary", "spot_check",
+                                                     "db integrity"}
 
     probe = lab.cli("probe", "repo", "--json")
     assert probe.returncode == 0 and json.loads(probe.stdout)["restore_points"][0]["system"] == "app"

@@ -34,7 +34,7 @@ def test_probe_kinds_agree():
 
 
 def test_restore_test_kinds_agree():
-    assert set(RESTORE_TESTS) == schema_kinds("restore_tests") == modules_on_disk("restore_tests", {"checks"})
+    assert set(RESTORE_TESTS) == schema_kinds("restore_tests") == modules_on_disk("restore_tests", {"checks", "completeness"})
 
 
 @pytest.mark.parametrize("kind", sorted(PROBES))

@@ -52,7 +52,8 @@ def config(tmp_path: Path) -> Path:
         "sites": {"s": {}}, "copies": {"c": {"site": "s"}},
         "probes": {"repo": {"kind": "restic", "copy": "c", "repository": "/nowhere",
                             "password": {"file": "pw"}, "systems": [{"system": "app", "paths": ["/srv/app"]}]}},
-        "restore_tests": {"t": {"kind": "files", "probe": "repo", "system": "app", "spot_check": {"files": 0}}},
+        "restore_tests": {"t": {"kind": "files", "probe": "repo", "system": "app", "spot_check": {"files": 0},
+                              "completeness": {"enabled": False}}},  # no live /srv/app here
     }))
     return path
 
