@@ -76,13 +76,20 @@ class Finding:
 
 @dataclass(frozen=True)
 class InventoryAsset:
-    """An asset a source knows about (a VM in vCenter); protected or not."""
+    """An asset a source knows about (a VM in vCenter); protected or not.
+
+    `asset_id` is the source's stable key (a VM's instance UUID), so a rename is a change of
+    the same asset; `kind` says what it is ("vm", "database", ...); `attributes` holds
+    kind-specific facts (JSON-serialisable: power state, guest OS, datastore, ...).
+    """
 
     source: str
     asset_id: str
     name: str
     protected: bool
     system: str | None = None
+    kind: str | None = None
+    attributes: dict[str, Any] = field(default_factory=dict, hash=False)
 
 
 @dataclass
@@ -150,3 +157,4 @@ class RestoreTestResult:
     bytes_restored: int | None = None
     sandbox: str | None = None
     checks: list[CheckResult] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)  # kind-specific (VM: clone name, guest IP, ...)
