@@ -15,6 +15,7 @@ everything a report, a plan or an audit needs:
 - of probe runs: the first and last run of each streak of the same outcome (status) per
   (probe, action), every run a kept row refers to, and the latest runs (current state).
 
+Released leases (operational state, not evidence) released before the cutoff go too.
 Only rows whose probe run finished before the cutoff are candidates. The deletion, the
 audit row and the append-only triggers' removal and re-creation happen in one
 transaction, so no other connection ever sees the triggers missing. Freed pages are
@@ -63,7 +64,8 @@ def _collect(conn, rows: Iterator[tuple], keep) -> int:
 
 def compact(store, keep_days: int) -> dict[str, Any]:
     """Remove redundant probe history older than `keep_days` days (see the module doc);
-    return what was removed per table, with the cutoff, as also recorded in `compactions`."""
+    return `{"cutoff": <UTC ISO text>, "removed": {table: rows}}` for probe_runs,
+    restore_points, findings and leases, as also recorded in `compactions`."""
     if keep_days < 0:
         raise ValueError("keep_days must be >= 0")
     started = utcnow()
@@ -125,6 +127,8 @@ def compact(store, keep_days: int) -> dict[str, Any]:
               AND d.id NOT IN (SELECT probe_run_id FROM current_assets))""").rowcount
         for table in _TABLES:
             conn.execute(append_only_triggers(table)[1])
+        removed["leases"] = conn.execute("DELETE FROM leases WHERE released_at IS NOT NULL AND released_at < ?",
+                                         [cutoff]).rowcount
         conn.execute("DROP TABLE temp.compact_drop")
         conn.execute("DROP TABLE temp.compact_old")
         conn.execute("INSERT INTO compactions (started_at, finished_at, keep_days, cutoff, removed, agent) "

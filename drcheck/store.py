@@ -320,8 +320,12 @@ class Store(LeaseStore):
         rows[0]["written_at"] = parse_ts(rows[0]["written_at"])
         return rows[0]
 
-    def compact(self, keep_days: int) -> dict[str, int]:
-        """Remove redundant probe history older than `keep_days`; see drcheck.compaction."""
+    def compact(self, keep_days: int) -> dict[str, Any]:
+        """Remove probe history older than `keep_days` days that adds no evidence (repeats
+        of an unchanged point or finding, the middle of a streak of same-outcome probe runs)
+        and released leases; keep every restore test, check, point change, finding change
+        and asset event. Return {"cutoff", "removed": {table: rows}}, also recorded in the
+        append-only `compactions` table. See drcheck.compaction for the exact policy."""
         from drcheck.compaction import compact
 
         return compact(self, keep_days)

@@ -87,3 +87,12 @@ def test_a_0_1_0_store_loses_its_repeats_but_no_evidence(tmp_path):
         assert store.db.execute("SELECT COUNT(*) FROM restore_tests").fetchone()[0] == tests
         codes = {(r["code"], r["system"]) for r in store.query("SELECT code, system FROM findings")}
         assert ("stale", "payroll") in codes and ("check_failed", None) in codes
+
+
+def test_released_leases_go_open_ones_stay(tmp_path):
+    with Store(tmp_path / "db") as store:
+        done = store.take_lease("directory", tmp_path / "a", "t", "drcheck.sandbox")
+        store.release_lease(done)
+        store.take_lease("directory", tmp_path / "b", "t", "drcheck.sandbox")
+        assert store.compact(keep_days=0)["removed"]["leases"] == 1
+        assert [r["resource"] for r in store.query("SELECT resource FROM leases")] == [str(tmp_path / "b")]
