@@ -22,6 +22,7 @@ import argparse
 import cProfile
 import io
 import logging
+import os
 import pstats
 import statistics
 import sys
@@ -30,6 +31,9 @@ import time
 from collections import Counter
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from rows import emit  # noqa: E402
 
 GOAL = 2.0
 COPY = "offsite-restic"
@@ -43,7 +47,8 @@ def build(work: Path, systems: int, probes: int):
     """Create the store and configuration; return (loaded, expected series, setup seconds)."""
     from drcheck.config import Config, Runbook
     from drcheck.config_loader import LoadedConfig
-    from drcheck.store import Store, ts
+    from drcheck.results import Finding, ProbeResult, RestorePoint, RestoreTestResult, Severity, Status
+    from drcheck.store import Store, parse_ts, ts
 
     t0 = time.perf_counter()
     names = [f"sys{n:05d}" for n in range(systems)]
@@ -73,7 +78,6 @@ def build(work: Path, systems: int, probes: int):
     t0 = time.perf_counter()
     now = datetime(2026, 11, 20, 12, 0, tzinfo=timezone.utc)
     store = Store(loaded.database_path, agent=config.agent.name)
-    db = store.db
     probe_rows, point_rows, finding_rows, test_rows = [], [], [], []
     run_id = {}
     next_id = 1
@@ -117,12 +121,33 @@ def build(work: Path, systems: int, probes: int):
             "files_restored": 100 + n, "bytes_restored": 10_000 * n, "sandbox": f"/sb/{s}",
             "agent": config.agent.name,
         })
-    with db.conn:
-        db["probe_runs"].insert_all(probe_rows, batch_size=1000)
-        db["restore_points"].insert_all(point_rows, batch_size=1000)
-        db["findings"].insert_all(finding_rows)
-        db["restore_tests"].insert_all(test_rows, batch_size=1000)
-    db.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    # Written through drcheck's own Store API (one outer transaction), so the rows, and the
+    # current-state tables the scrape reads, are the ones the agent itself writes.
+    points_of: dict[str, list] = {}
+    for r in point_rows:
+        points_of.setdefault(r["probe"], []).append(r)
+    findings_of: dict[int, list] = {}
+    for f in finding_rows:
+        findings_of.setdefault(f["probe_run_id"], []).append(f)
+    with store.write_lock():
+        for r in probe_rows:
+            listed = points_of.get(r["probe"], []) if r["action"] == "snapshots" else []
+            store.record_probe(ProbeResult(
+                probe=r["probe"], kind="restic", action=r["action"], status=Status(r["status"]),
+                started_at=parse_ts(r["started_at"]), finished_at=parse_ts(r["finished_at"]), copy=COPY,
+                newest=[RestorePoint(system=p["system"], copy=COPY, point_time=parse_ts(p["point_time"]),
+                                     point_id=p["point_id"], host=p["host"], paths=(f"/srv/{p['system']}",))
+                        for p in listed],
+                point_counts={p["system"]: p["point_count"] for p in listed},
+                findings=[Finding(Severity(f["severity"]), f["code"], f["message"], f["system"])
+                          for f in findings_of.get(r["id"], [])]))
+        for t in test_rows:
+            store.record_restore_test(RestoreTestResult(
+                **{k: v for k, v in t.items() if k not in ("status", "started_at", "finished_at", "point_time",
+                                                            "agent")},
+                status=Status(t["status"]), started_at=parse_ts(t["started_at"]),
+                finished_at=parse_ts(t["finished_at"]), point_time=parse_ts(t["point_time"])))
+    store.db.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     store.close()
     t_store = time.perf_counter() - t0
     return loaded, (probe_rows, point_rows, finding_rows, test_rows), t_config, t_store
@@ -199,7 +224,9 @@ def baseline_registry(loaded, rows):
     unprotected = g("drcheck_unprotected_assets", "configured systems or assets with no restore point", ["source"])
     for probe, n in Counter(f["probe"] for f in finding_rows if f["code"] == "no_restore_point").items():
         unprotected.labels(probe).set(n)
-    g("drcheck_sandbox_leases_open", "sandboxes currently in use or left behind", []).set(0)
+    g("drcheck_leases_open", "leased resources (sandboxes, VMs, ...) in use or left behind", ["kind"])
+    g("drcheck_leases_uncleaned", "resources left by dead runs whose cleanup failed so far (retried)", ["kind"])
+    g("drcheck_sandbox_leases_open", "deprecated: drcheck_leases_open{kind=\"directory\"}", []).set(0)
     for name, doc, values in (
             ("drcheck_system_newest_restore_point_timestamp_seconds",
              "newest restore point of a system in any copy; 0 when it has none", newest_of_system),
@@ -222,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=7, help="timed scrapes of each side (default 7)")
     parser.add_argument("--profile", action="store_true", help="print the drcheck scrape profile even on PASS")
     parser.add_argument("--tmpdir", default=None)
+    parser.add_argument("--rows", default=os.environ.get("DRCHECK_BENCH_ROWS"),
+                        help="append result rows (JSON lines) to this file (run_all.py sets it)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
@@ -276,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  baseline generate_latest(plain Gauges)       {b:7.3f}s  "
               f"(min {min(base_times):.3f}s, max {max(base_times):.3f}s)")
         print(f"  ratio {ratio:.2f}x   goal <= {GOAL}x   {'PASS' if ratio <= GOAL else 'MISS'}")
+        emit(args.rows, [{"name": f"metrics scrape, {args.systems} systems", "drcheck_seconds": d,
+                          "baseline_seconds": b, "ratio": ratio, "goal": f"<= {GOAL}x", "met": ratio <= GOAL}])
 
         if ratio > GOAL or args.profile:
             prof = cProfile.Profile()

@@ -24,6 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from rows import emit  # noqa: E402
+
 GOAL = 1.2
 WORDS = ("enrollment attendance grade roster schedule budget invoice lunch bus library staff "
          "payroll ledger transcript referral vendor warrant levy bond audit").split()
@@ -215,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
                              "directly in the source path")
     parser.add_argument("--restic", default=shutil.which("restic") or "restic")
     parser.add_argument("--tmpdir", default=None, help="where to build the lab (default: $TMPDIR)")
+    parser.add_argument("--rows", default=os.environ.get("DRCHECK_BENCH_ROWS"),
+                        help="append result rows (JSON lines) to this file (run_all.py sets it)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     for tool in (args.restic, "sha256sum", "bash", "find", "xargs"):
@@ -310,10 +315,14 @@ def main(argv: list[str] | None = None) -> int:
     header = f"  {'comparison':<40}{'drcheck':>9}{'baseline':>10}{'ratio':>8}{'goal':>8}  result"
     print(header)
     print("  " + "-" * (len(header) - 2))
+    rows = []
     for label, baseline in (("vs A (like for like: hashes live source)", b_full),
                             ("vs B (manifest made beforehand)", b_plain)):
         ratio = d_total / baseline
         print(f"  {label:<40}{d_total:>8.2f}s{baseline:>9.2f}s{ratio:>7.2f}x{'<=' + str(GOAL) + 'x':>8}  {verdict(ratio)}")
+        rows.append({"name": f"restore test {label}", "drcheck_seconds": d_total, "baseline_seconds": baseline,
+                     "ratio": ratio, "goal": f"<= {GOAL}x", "met": ratio <= GOAL})
+    emit(args.rows, rows)
     print(f"\n  benchmark wall time {time.perf_counter() - started:.0f}s")
     return 0
 

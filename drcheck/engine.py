@@ -12,7 +12,7 @@ import signal
 from pathlib import Path
 from typing import Callable
 
-from drcheck import canary, sandbox
+from drcheck import canary, leases, sandbox
 from drcheck.clients import process
 from drcheck.config_loader import LoadedConfig
 from drcheck.context import Progress, RunContext, no_progress
@@ -136,11 +136,24 @@ def plant_canary(loaded: LoadedConfig, store: Store, name: str, now: Callable = 
 
 
 def reap_orphans(loaded: LoadedConfig, store: Store) -> list[dict]:
-    """Remove sandboxes left by dead runs and record each interrupted test as an error."""
-    reaped = sandbox.reap(store, loaded.config.agent.sandbox_root)
-    for lease in reaped:
+    """Clean up the resources (of any kind, configured or not) that dead runs leased, and
+    record each interrupted run once, as an error of its owner, when first found. A
+    resource that cannot be cleaned now keeps its lease (attempts, last_error) for the next
+    call: at every start and periodically. Return the leases released now (each with
+    owner/test, resource/path, pid, created_at)."""
+    orphans = store.orphaned_leases()
+    first_found: dict[tuple, list[dict]] = {}
+    for lease in orphans:
+        if not lease["attempts"]:
+            first_found.setdefault((lease["owner"], lease["pid"], lease["pid_started"]), []).append(lease)
+    reaped = leases.reap(store, leases.clean_with_handler(loaded), orphans=orphans)
+    cleaned = {lease["id"] for lease in reaped}
+    for (owner, pid, _), run_leases in first_found.items():
+        what = ", ".join(f"{lease['kind']} {lease['resource']}" for lease in run_leases)
+        left = [lease for lease in run_leases if lease["id"] not in cleaned]
+        fate = "was removed at next start" if not left else "could not be removed yet (retried)"
         store.record_restore_test(restore_test_error(
-            loaded, lease["test"], parse_ts(lease["created_at"]),
-            f"interrupted: the run (pid {lease['pid']}) died; its sandbox was removed at next start",
-            sandbox=lease["path"]))
+            loaded, owner, parse_ts(run_leases[0]["created_at"]),
+            f"interrupted: the run (pid {pid}) died; its {what} {fate}",
+            sandbox=next((lease["resource"] for lease in run_leases if lease["kind"] == sandbox.LEASE_KIND), None)))
     return reaped

@@ -201,6 +201,15 @@ def restore_test_module(kind: str) -> ModuleType:
     return load_module(REGISTRY, kind)
 
 
+def lists_points(kind: str, action: str) -> bool:
+    """True when `action` of probe kind `kind` lists its copy's restore points; False for
+    a kind no longer registered (its history stays, it decides nothing)."""
+    try:
+        return action in probe_module(kind).LISTS_POINTS
+    except KeyError:
+        return False
+
+
 def target_models(registry: Mapping[str, str]) -> list[type[BaseModel]]:
     """The config models of every registered kind, in registry order."""
     return [load_module(registry, kind).Target for kind in registry]

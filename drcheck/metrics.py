@@ -18,20 +18,29 @@ from prometheus_client.registry import Collector
 
 from drcheck import __version__
 from drcheck.config_loader import LoadedConfig
-from drcheck.store import CURRENT_FINDINGS, CURRENT_POINTS, Store, newest_per
+from drcheck.store import CURRENT_POINTS, Store, latest_via
 
 log = logging.getLogger(__name__)
 
-# The scrape reads only the columns it exports: at 10,000 systems `t.*` costs ~10% more.
+# Every scrape query reads a current-state table joined to history by primary key: none
+# scans history, so a scrape costs the same after a year as after a day. The scrape reads
+# only the columns it exports: at 10,000 systems `t.*` costs ~10% more.
 _TEST_COLUMNS = ("system, test, started_at, status, restore_seconds, verify_seconds, "
                  "rto_target_seconds, rpo_target_seconds")
-SCRAPE_TESTS = newest_per("restore_tests", "system, test", columns=_TEST_COLUMNS)
-SCRAPE_PASSED = newest_per("restore_tests", "system, test", "status = 'passed'", "system, test, started_at")
-SCRAPE_RTO = newest_per("restore_tests", "system, test", "rto_seconds IS NOT NULL", "system, test, rto_seconds")
-SCRAPE_RPO = newest_per("restore_tests", "system, test", "rpo_seconds IS NOT NULL", "system, test, rpo_seconds")
-SCRAPE_PROBE_RUNS = newest_per("probe_runs", "probe, action", columns="probe, action, status, finished_at, duration_seconds")
-UNPROTECTED = (f"SELECT probe, COUNT(*) AS n FROM ({CURRENT_FINDINGS}) "
-               "WHERE code = 'no_restore_point' GROUP BY probe")
+SCRAPE_TESTS = latest_via("test_latest", "last_id", "restore_tests", _TEST_COLUMNS)
+SCRAPE_PASSED = latest_via("test_latest", "passed_id", "restore_tests", "system, test, started_at")
+SCRAPE_RTO = latest_via("test_latest", "rto_id", "restore_tests", "system, test, rto_seconds")
+SCRAPE_RPO = latest_via("test_latest", "rpo_id", "restore_tests", "system, test, rpo_seconds")
+SCRAPE_PROBE_RUNS = latest_via("probe_latest", "probe_run_id", "probe_runs",
+                               "probe, action, status, finished_at, duration_seconds")
+UNPROTECTED = ("SELECT probe, COUNT(*) AS n FROM current_findings WHERE code = 'no_restore_point' "
+               "GROUP BY probe")
+# Leases per kind: open (in use or left behind), and uncleaned (a cleanup of a dead run's
+# resource failed at least once and it is still there).
+LEASES_OPEN = "SELECT kind, COUNT(*) AS n FROM leases WHERE released_at IS NULL GROUP BY kind"
+LEASES_UNCLEANED = ("SELECT kind, COUNT(*) AS n FROM leases WHERE released_at IS NULL AND attempts > 0 "
+                    "GROUP BY kind")
+SANDBOX_LEASES_OPEN = "SELECT COUNT(*) FROM leases WHERE released_at IS NULL AND kind = 'directory'"
 
 
 def _epoch(text: str) -> float:
@@ -156,10 +165,8 @@ class StoreCollector(Collector):
         for probe, n in conn.execute(UNPROTECTED):
             if probe in cfg.probes:
                 unprotected.add_metric([probe], n)
-        leases = _gauge("drcheck_sandbox_leases_open", "sandboxes currently in use or left behind", [])
-        leases.add_metric([], conn.execute("SELECT COUNT(*) FROM sandbox_leases WHERE released_at IS NULL").fetchone()[0])
-        yield from (up, ok, duration, last, unprotected, leases)
-
+        yield from (up, ok, duration, last, unprotected)
+        yield from _leases(conn)
 
     def _rules(self, loaded: LoadedConfig) -> Metric:
         """One gauge per (rule, system) from the same rule evaluation status and reports
@@ -177,6 +184,19 @@ class StoreCollector(Collector):
         for (rule, system), ok in sorted(passing.items()):
             gauge.add_metric([rule, system], 1 if ok else 0)
         return gauge
+
+
+def _leases(conn: sqlite3.Connection) -> Iterator[Metric]:
+    open_ = _gauge("drcheck_leases_open", "leased resources (sandboxes, VMs, ...) in use or left behind", ["kind"])
+    uncleaned = _gauge("drcheck_leases_uncleaned",
+                       "resources left by dead runs whose cleanup failed so far (retried)", ["kind"])
+    for family, sql in ((open_, LEASES_OPEN), (uncleaned, LEASES_UNCLEANED)):
+        for kind, n in conn.execute(sql):
+            family.add_metric([kind], n)
+    sandboxes = _gauge("drcheck_sandbox_leases_open",
+                       "deprecated: drcheck_leases_open{kind=\"directory\"}", [])
+    sandboxes.add_metric([], conn.execute(SANDBOX_LEASES_OPEN).fetchone()[0])
+    yield from (open_, uncleaned, sandboxes)
 
 
 def _per_system(*families: tuple[str, str, dict[str, float]]) -> Iterator[Metric]:

@@ -79,13 +79,20 @@ class Finding:
 
 @dataclass(frozen=True)
 class InventoryAsset:
-    """An asset a source knows about (a VM in vCenter); protected or not."""
+    """An asset a source knows about (a VM in vCenter); protected or not.
+
+    `asset_id` is the source's stable key (a VM's instance UUID), so a rename is a change of
+    the same asset; `kind` says what it is ("vm", "database", ...); `attributes` holds
+    kind-specific facts (JSON-serialisable: power state, guest OS, datastore, ...).
+    """
 
     source: str
     asset_id: str
     name: str
     protected: bool
     system: str | None = None
+    kind: str | None = None
+    attributes: dict[str, Any] = field(default_factory=dict, hash=False)
 
 
 @dataclass
@@ -110,6 +117,14 @@ class ProbeResult:
     @property
     def duration_seconds(self) -> float:
         return (self.finished_at - self.started_at).total_seconds()
+
+    @property
+    def lists_points(self) -> bool:
+        """True when this run's action lists the copy's restore points (its kind declares
+        it in `LISTS_POINTS`), so a successful run replaces the copy's current points."""
+        from drcheck.kinds import lists_points
+
+        return lists_points(self.kind, self.action)
 
 
 @dataclass
@@ -153,3 +168,4 @@ class RestoreTestResult:
     bytes_restored: int | None = None
     sandbox: str | None = None
     checks: list[CheckResult] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)  # kind-specific (VM: clone name, guest IP, ...)

@@ -1,8 +1,9 @@
 """Sandboxes: the only places a restore may write.
 
-A sandbox is a fresh directory under `agent.sandbox_root`. Its lease is committed to the
-store *before* the directory exists, and released after it is removed, so leftovers of a
-run that crashed (or was SIGKILLed) are found and removed at the next start.
+A sandbox is a fresh directory under `agent.sandbox_root`. Its lease (kind `directory`,
+handler this module) is committed to the store *before* the directory exists, and released
+after it is removed, so leftovers of a run that crashed (or was SIGKILLed) are found and
+removed by the reaper (drcheck.leases, via `cleanup`).
 """
 
 from __future__ import annotations
@@ -18,10 +19,13 @@ from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import Iterator
 
+from drcheck import leases
 from drcheck.results import utcnow
 from drcheck.store import LeaseConflict, Store
 
 log = logging.getLogger(__name__)
+
+LEASE_KIND = "directory"
 
 
 class SandboxRefused(RuntimeError):
@@ -66,7 +70,7 @@ def sandbox(store: Store, root: Path, test: str, target_dir: Path | None = None)
     if not is_inside(path, root) or Path(path).resolve() == root.resolve():
         raise SandboxRefused(f"restore target {path} is outside the sandbox root {root}; refused")
     try:
-        lease = store.take_lease(test, path)
+        lease = store.take_lease(LEASE_KIND, path, test, __name__)
     except LeaseConflict as exc:
         raise SandboxRefused(f"restore target {exc}; refused") from None
     if path.exists() and (path.is_symlink() or any(path.iterdir())):
@@ -132,19 +136,20 @@ def _rmtree(path: Path) -> None:
     shutil.rmtree(path, **{hook: _make_writable})
 
 
+def cleanup(lease: dict, loaded) -> None:
+    """Lease handler: remove a leftover sandbox directory, only inside the configured
+    `agent.sandbox_root` (raise SandboxRefused for anything else, OSError when it cannot)."""
+    _remove_leased(lease, Path(loaded.config.agent.sandbox_root))
+
+
+def _remove_leased(lease: dict, root: Path) -> None:
+    path = Path(lease["resource"])
+    if not is_inside(path, root) or path.resolve() == Path(root).resolve():
+        raise SandboxRefused(f"leased directory {path} is not inside the sandbox root {root}; not removed")
+    remove_tree(path, root)
+
+
 def reap(store: Store, root: Path) -> list[dict]:
-    """Remove the sandboxes of leases whose process is gone; return those leases."""
-    reaped = []
-    for lease in store.orphaned_leases():
-        path = Path(lease["path"])
-        try:
-            remove_tree(path, root)
-            note = "reaped: owner process was gone"
-        except (OSError, SandboxRefused) as exc:
-            note = f"reap failed: {exc}"
-            log.error("cannot remove leftover sandbox %s: %s", path, exc)
-            continue
-        store.release_lease(lease["id"], note)
-        log.warning("removed leftover sandbox %s of %s (owner pid %s gone)", path, lease["test"], lease["pid"])
-        reaped.append(lease)
-    return reaped
+    """Remove the sandboxes (directory leases) of dead runs under `root`; return those
+    leases. The agent reaps every kind with drcheck.engine.reap_orphans instead."""
+    return leases.reap(store, lambda lease: _remove_leased(lease, root), kinds=[LEASE_KIND])

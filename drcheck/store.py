@@ -1,11 +1,18 @@
-"""The SQLite store: every probe run, restore test and check, append-only.
+"""The SQLite store: the evidence (probe runs, restore points, findings, assets, restore
+tests and their checks), append-only, plus small current-state tables.
 
 Everything the outside sees (metrics, status, reports) is computed from these rows, so a
-restart loses nothing and every number can be traced to a row. Results are only ever
-inserted; the one mutable table is `sandbox_leases`, operational state that records a
-sandbox before it is created so a crashed run's leftovers can be reaped.
+restart loses nothing and every number can be traced to a row. The store grows with
+*events*, not with probe frequency: a probe run is one row, but a restore point, a
+finding or an asset is written to history only when it appears, changes or goes away; an
+unchanged one is confirmed in place in its current-state table (`current_points`,
+`current_findings`, `current_assets`, with `confirmed_at` and the confirming
+`probe_run_id`). `probe_latest` and `test_latest` name the latest run of each probe
+action and restore test, so no read scans history (see drcheck.migrations).
 
-Timestamps are stored as UTC ISO-8601 text (sortable) and returned as aware datetimes.
+Mutable operational state: the current-state tables and `leases` (drcheck.leases).
+Results are only ever inserted; `compact()` (drcheck.compaction) is the one audited
+exception. Timestamps are stored as UTC ISO-8601 text and returned as aware datetimes.
 """
 
 from __future__ import annotations
@@ -13,137 +20,66 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
 from contextlib import contextmanager
-from dataclasses import asdict
-from datetime import datetime, timezone
+from dataclasses import asdict, fields
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import sqlite_utils
-from sqlite_utils.migrations import Migrations
 
-from drcheck.results import ProbeResult, RestoreTestResult, utcnow
+from drcheck.leases import LeaseConflict, LeaseStore
+from drcheck.migrations import RESULT_TABLES, migrations
+from drcheck.results import ProbeResult, RestoreTestResult, Status, utcnow
+from drcheck.sqltime import parse_ts, ts
+
+__all__ = ["Store", "LeaseConflict", "RESULT_TABLES", "ts", "parse_ts", "CURRENT_POINTS", "CURRENT_FINDINGS",
+           "LATEST_PROBE_RUNS", "LATEST_TESTS", "LAST_PASSED_TESTS"]
 
 log = logging.getLogger(__name__)
-migrations = Migrations("drcheck")
 
 
-def ts(value: datetime | None) -> str | None:
-    """Return a UTC ISO-8601 string for an aware datetime (None stays None)."""
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        raise ValueError("naive datetime given to the store; use timezone-aware UTC")
-    return value.astimezone(timezone.utc).isoformat(timespec="microseconds")
-
-
-def parse_ts(value: str | None) -> datetime | None:
-    """Return an aware UTC datetime from a stored timestamp."""
-    return datetime.fromisoformat(value) if value else None
-
-
-@migrations()
-def m001_initial(db: sqlite_utils.Database) -> None:
-    db["probe_runs"].create(
-        {
-            "id": int, "probe": str, "kind": str, "action": str, "copy": str,
-            "status": str, "reason": str, "started_at": str, "finished_at": str,
-            "duration_seconds": float, "details": str, "agent": str,
-        },
-        pk="id", not_null={"probe", "kind", "action", "status", "started_at", "finished_at"},
-    )
-    db["probe_runs"].create_index(["probe", "action", "id"])
-    db["restore_points"].create(
-        {
-            "id": int, "probe_run_id": int, "probe": str, "system": str, "copy": str,
-            "point_time": str, "point_id": str, "size_bytes": int, "status": str,
-            "host": str, "paths": str, "point_count": int, "recorded_at": str,
-        },
-        pk="id", foreign_keys=[("probe_run_id", "probe_runs", "id")],
-        not_null={"system", "copy", "point_time", "point_id"},
-    )
-    db["restore_points"].create_index(["system", "copy", "id"])
-    db["findings"].create(
-        {
-            "id": int, "probe_run_id": int, "probe": str, "severity": str, "code": str,
-            "system": str, "message": str, "recorded_at": str,
-        },
-        pk="id", foreign_keys=[("probe_run_id", "probe_runs", "id")],
-    )
-    db["findings"].create_index(["probe_run_id"])
-    db["restore_tests"].create(
-        {
-            "id": int, "test": str, "kind": str, "system": str, "probe": str, "copy": str,
-            "status": str, "reason": str, "started_at": str, "finished_at": str,
-            "point_id": str, "point_time": str, "restore_seconds": float,
-            "verify_seconds": float, "rto_seconds": float, "rpo_seconds": float,
-            "rpo_source": str, "rto_target_seconds": float, "rpo_target_seconds": float,
-            "files_restored": int, "bytes_restored": int, "sandbox": str, "agent": str,
-        },
-        pk="id", not_null={"test", "kind", "system", "status", "started_at", "finished_at"},
-    )
-    db["restore_tests"].create_index(["system", "test", "id"])
-    db["restore_tests"].create_index(["started_at"])
-    db["check_results"].create(
-        {
-            "id": int, "restore_test_id": int, "name": str, "status": str,
-            "evidence": str, "duration_seconds": float, "details": str,
-        },
-        pk="id", foreign_keys=[("restore_test_id", "restore_tests", "id")],
-    )
-    db["check_results"].create_index(["restore_test_id"])
-    db["canaries"].create(
-        {"id": int, "test": str, "system": str, "path": str, "token": str, "written_at": str},
-        pk="id",
-    )
-    db["canaries"].create_index(["token"], unique=True)
-    db["sandbox_leases"].create(
-        {
-            "id": int, "test": str, "path": str, "pid": int, "pid_started": str,
-            "host": str, "created_at": str, "released_at": str, "release_note": str,
-        },
-        pk="id",
-    )
-    db["sandbox_leases"].create_index(["released_at"])
-
-
-def newest_per(table: str, group_by: str, where: str = "", columns: str = "*") -> str:
-    """SQL for the newest row (highest id: results are appended) of `table` per group,
-    selecting `columns` of it (qualified as t.)."""
-    condition = f"WHERE {where} " if where else ""
+def latest_via(state: str, key: str, table: str, columns: str = "*") -> str:
+    """SQL joining current-state table `state` (alias l) to the history rows of `table`
+    (alias t) its column `key` names, selecting `columns` of them (qualified as t.)."""
     selected = ", ".join(f"t.{c.strip()}" for c in columns.split(","))
-    return (f"SELECT {selected} FROM {table} t JOIN (SELECT MAX(id) AS id FROM {table} {condition}"
-            f"GROUP BY {group_by}) newest ON t.id = newest.id")
+    return f"SELECT {selected} FROM {state} l JOIN {table} t ON t.id = l.{key}"
 
 
-LATEST_PROBE_RUNS = newest_per("probe_runs", "probe, action")
-LATEST_TESTS = newest_per("restore_tests", "system, test")
-LAST_PASSED_TESTS = newest_per("restore_tests", "system, test", "status = 'passed'")
-# runs whose findings and points are current: the latest run of each probe and action,
-# and for points the latest listing that could read its repository
-_LATEST_RUN_IDS = "SELECT MAX(id) AS id FROM probe_runs GROUP BY probe, action"
-CURRENT_POINTS = f"""SELECT rp.* FROM restore_points rp
-JOIN ({newest_per("probe_runs", "probe", "action = 'snapshots' AND status != 'error'")}) run
-ON rp.probe_run_id = run.id"""
-CURRENT_FINDINGS = f"SELECT f.* FROM findings f JOIN ({_LATEST_RUN_IDS}) run ON f.probe_run_id = run.id"
+LATEST_PROBE_RUNS = latest_via("probe_latest", "probe_run_id", "probe_runs")
+LATEST_TESTS = latest_via("test_latest", "last_id", "restore_tests")
+LAST_PASSED_TESTS = latest_via("test_latest", "passed_id", "restore_tests")
+# The points of each probe's latest successful listing (one per system and copy): the
+# release-0.1.0 row shape, with the latest listing's run id and point count, and
+# `confirmed_at` (when that listing saw it).
+CURRENT_POINTS = """SELECT rp.id, cp.probe_run_id, rp.probe, rp.system, rp.copy, rp.point_time, rp.point_id,
+rp.size_bytes, rp.status, rp.host, rp.paths, cp.point_count, rp.recorded_at, cp.confirmed_at
+FROM current_points cp JOIN restore_points rp ON rp.id = cp.restore_point_id"""
+# The findings of the latest run of each probe and action (the release-0.1.0 row shape;
+# `id` is the history row of when it appeared or last changed severity).
+CURRENT_FINDINGS = """SELECT f.finding_id AS id, f.probe_run_id, f.probe, f.action, f.severity, f.code, f.system,
+f.message, f.confirmed_at AS recorded_at FROM current_findings f"""
+CURRENT_ASSETS = """SELECT a.id, ca.probe_run_id, a.probe, a.action, a.source, a.asset_id, a.kind, a.name, a.protected,
+a.system, a.attributes, a.recorded_at AS first_recorded_at, ca.confirmed_at
+FROM current_assets ca JOIN assets a ON a.id = ca.asset_row_id"""
 
-RESULT_TABLES = ("probe_runs", "restore_points", "findings", "restore_tests", "check_results", "canaries")
+_TEST_COLUMNS = [f.name for f in fields(RestoreTestResult) if f.name != "checks"] + ["agent"]
+_INSERT_TEST = (f"INSERT INTO restore_tests ({', '.join(_TEST_COLUMNS)}) "
+                f"VALUES ({', '.join('?' * len(_TEST_COLUMNS))})")
+_INSERT_POINT = ("INSERT INTO restore_points (probe_run_id, probe, system, copy, point_time, point_id, size_bytes, "
+                 "status, host, paths, point_count, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+_INSERT_FINDING = ("INSERT INTO findings (probe_run_id, probe, action, event, severity, code, system, message, "
+                   "recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
+_INSERT_ASSET = ("INSERT INTO assets (probe_run_id, probe, action, event, source, asset_id, kind, name, protected, "
+                 "system, attributes, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 
 
-@migrations()
-def m002_results_are_append_only(db: sqlite_utils.Database) -> None:
-    # Evidence for auditors: once recorded, a result can be neither changed nor removed.
-    for table in RESULT_TABLES:
-        for action in ("UPDATE", "DELETE"):
-            db.execute(
-                f"CREATE TRIGGER {table}_no_{action.lower()} BEFORE {action} ON {table} "
-                f"BEGIN SELECT RAISE(ABORT, '{table} is append-only'); END"
-            )
+def _json(value: Any) -> str:
+    return json.dumps(value, default=str, sort_keys=True)
 
 
-class Store:
-    """Append-only access to the drcheck database at `path` (created and migrated on open)."""
+class Store(LeaseStore):
+    """Access to the drcheck database at `path` (created and migrated on open)."""
 
     def __init__(self, path: str | os.PathLike, agent: str = "drcheck"):
         self.path = Path(path)
@@ -167,14 +103,28 @@ class Store:
     @contextmanager
     def write_lock(self) -> Iterator[None]:
         """A transaction that holds SQLite's write lock from its start, for read-then-write
-        decisions that other processes must not interleave with."""
-        self.db.conn.execute("BEGIN IMMEDIATE")
+        decisions that other processes must not interleave with. Nested use is a savepoint
+        of the outer transaction, so many writes can share one commit (bulk loading)."""
+        conn = self.db.conn
+        if conn.in_transaction:
+            conn.execute("SAVEPOINT drcheck_write")
+            try:
+                yield
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK TO drcheck_write")
+                    conn.execute("RELEASE drcheck_write")
+                raise
+            conn.execute("RELEASE drcheck_write")
+            return
+        conn.execute("BEGIN IMMEDIATE")
         try:
             yield
         except BaseException:
-            self.db.conn.execute("ROLLBACK")
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
-        self.db.conn.execute("COMMIT")
+        conn.execute("COMMIT")
 
     def close(self) -> None:
         self.db.close()
@@ -188,37 +138,147 @@ class Store:
     # -- writes -----------------------------------------------------------------------
 
     def record_probe(self, result: ProbeResult) -> int:
-        """Insert a probe run with its restore points and findings in one transaction;
-        return the probe run id."""
+        """Record a probe run in one transaction and return its id.
+
+        The run itself is always a new row. Its restore points, findings and assets update
+        the current state and reach history only when they changed:
+        - a listing (`result.lists_points`: an action its kind declares in `LISTS_POINTS`)
+          that could read its source (status not error) replaces the
+          probe's current points: a new or different newest point is a `restore_points`
+          row, an unchanged one is confirmed in place, a system no longer listed loses its
+          point (a `point_removals` row). A failed connection (error) leaves them, ageing.
+        - every run replaces the findings of its (probe, action): a finding (code, system)
+          that appeared or changed severity is a `findings` row (event appeared/changed),
+          one no longer reported a row with event cleared; a new message text of the same
+          finding is refreshed in place.
+        - a run that could read its source and reports assets, or whose action reported
+          assets before, replaces the current assets of its (probe, action) the same way
+          (`assets` rows with event appeared/changed/gone).
+        """
         now = ts(utcnow())
+        confirmed = ts(result.finished_at)
         with self.write_lock():
-            run_id = self.db["probe_runs"].insert(
-                {
-                    "probe": result.probe, "kind": result.kind, "action": result.action,
-                    "copy": result.copy, "status": result.status.value, "reason": result.reason,
-                    "started_at": ts(result.started_at), "finished_at": ts(result.finished_at),
-                    "duration_seconds": result.duration_seconds,
-                    "details": json.dumps(result.details, default=str), "agent": self.agent,
-                }
-            ).last_pk
-            self.db["restore_points"].insert_all(
-                {
-                    "probe_run_id": run_id, "probe": result.probe, "system": p.system,
-                    "copy": p.copy, "point_time": ts(p.point_time), "point_id": p.point_id,
-                    "size_bytes": p.size_bytes, "status": p.status, "host": p.host,
-                    "paths": json.dumps(list(p.paths)),
-                    "point_count": result.point_counts.get(p.system), "recorded_at": now,
-                }
-                for p in result.newest
-            )
-            self.db["findings"].insert_all(
-                {
-                    "probe_run_id": run_id, "probe": result.probe, "severity": f.severity.value,
-                    "code": f.code, "system": f.system, "message": f.message, "recorded_at": now,
-                }
-                for f in result.findings
-            )
+            conn = self.db.conn
+            run_id = conn.execute(
+                "INSERT INTO probe_runs (probe, kind, action, copy, status, reason, started_at, finished_at, "
+                "duration_seconds, details, agent) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [result.probe, result.kind, result.action, result.copy, result.status.value, result.reason,
+                 ts(result.started_at), confirmed, result.duration_seconds,
+                 json.dumps(result.details, default=str), self.agent]).lastrowid
+            conn.execute("INSERT INTO probe_latest (probe, action, probe_run_id) VALUES (?, ?, ?) "
+                         "ON CONFLICT (probe, action) DO UPDATE SET probe_run_id = excluded.probe_run_id",
+                         [result.probe, result.action, run_id])
+            if result.lists_points and result.status is not Status.ERROR:
+                self._update_points(result, run_id, now, confirmed)
+            elif result.newest:  # not a listing of current points: history only, as 0.1.0 kept them
+                for p in result.newest:
+                    conn.execute(_INSERT_POINT, self._point_row(result, p, run_id, now))
+            self._update_findings(result, run_id, now, confirmed)
+            if result.status is not Status.ERROR:
+                self._update_assets(result, run_id, now, confirmed)
         return run_id
+
+    @staticmethod
+    def _point_row(result: ProbeResult, p, run_id: int, now: str) -> list:
+        return [run_id, result.probe, p.system, p.copy, ts(p.point_time), p.point_id, p.size_bytes, p.status,
+                p.host, json.dumps(list(p.paths)), result.point_counts.get(p.system), now]
+
+    def _update_points(self, result: ProbeResult, run_id: int, now: str, confirmed: str) -> None:
+        conn = self.db.conn
+        current = {
+            (system, copy): (rp_id, point_id, status, count)
+            for system, copy, rp_id, point_id, status, count in conn.execute(
+                "SELECT cp.system, cp.copy, cp.restore_point_id, rp.point_id, rp.status, cp.point_count "
+                "FROM current_points cp JOIN restore_points rp ON rp.id = cp.restore_point_id WHERE cp.probe = ?",
+                [result.probe])
+        }
+        for p in result.newest:
+            count = result.point_counts.get(p.system)
+            known = current.pop((p.system, p.copy), None)
+            if known is not None and known[1] == p.point_id and known[2] == p.status:
+                if known[3] != count:
+                    conn.execute("UPDATE current_points SET point_count = ? WHERE probe = ? AND system = ? "
+                                 "AND copy = ?", [count, result.probe, p.system, p.copy])
+                continue
+            rp_id = conn.execute(_INSERT_POINT, self._point_row(result, p, run_id, now)).lastrowid
+            conn.execute(
+                "INSERT INTO current_points (probe, system, copy, restore_point_id, point_count, confirmed_at, "
+                "probe_run_id) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (probe, system, copy) DO UPDATE SET "
+                "restore_point_id = excluded.restore_point_id, point_count = excluded.point_count",
+                [result.probe, p.system, p.copy, rp_id, count, confirmed, run_id])
+        for (system, copy), (rp_id, *_rest) in current.items():  # no longer listed: it has no point now
+            conn.execute("INSERT INTO point_removals (probe_run_id, probe, system, copy, restore_point_id, "
+                         "recorded_at) VALUES (?, ?, ?, ?, ?, ?)", [run_id, result.probe, system, copy, rp_id, now])
+            conn.execute("DELETE FROM current_points WHERE probe = ? AND system = ? AND copy = ?",
+                         [result.probe, system, copy])
+        conn.execute("UPDATE current_points SET confirmed_at = ?, probe_run_id = ? WHERE probe = ?",
+                     [confirmed, run_id, result.probe])
+
+    def _update_findings(self, result: ProbeResult, run_id: int, now: str, confirmed: str) -> None:
+        conn = self.db.conn
+        current: dict[tuple, list] = {}
+        for row in conn.execute("SELECT id, code, system, severity, message FROM current_findings "
+                                "WHERE probe = ? AND action = ? ORDER BY id", [result.probe, result.action]):
+            current.setdefault((row[1], row[2]), []).append(row)
+        if not current and not result.findings:
+            return
+
+        def history(event: str, severity: str, code, system, message) -> int:
+            return conn.execute(_INSERT_FINDING, [run_id, result.probe, result.action, event, severity, code, system,
+                                                  message, now]).lastrowid
+
+        for f in result.findings:
+            same = current.get((f.code, f.system))
+            known = same.pop(0) if same else None
+            if known is None:
+                finding_id = history("appeared", f.severity.value, f.code, f.system, f.message)
+                conn.execute("INSERT INTO current_findings (probe, action, code, system, severity, message, "
+                             "finding_id, probe_run_id, confirmed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                             [result.probe, result.action, f.code, f.system, f.severity.value, f.message,
+                              finding_id, run_id, confirmed])
+            elif known[3] != f.severity.value:
+                finding_id = history("changed", f.severity.value, f.code, f.system, f.message)
+                conn.execute("UPDATE current_findings SET severity = ?, message = ?, finding_id = ? WHERE id = ?",
+                             [f.severity.value, f.message, finding_id, known[0]])
+            elif known[4] != f.message:
+                conn.execute("UPDATE current_findings SET message = ? WHERE id = ?", [f.message, known[0]])
+        for rows in current.values():
+            for row_id, code, system, severity, message in rows:
+                history("cleared", severity, code, system, message)
+                conn.execute("DELETE FROM current_findings WHERE id = ?", [row_id])
+        conn.execute("UPDATE current_findings SET probe_run_id = ?, confirmed_at = ? WHERE probe = ? AND action = ?",
+                     [run_id, confirmed, result.probe, result.action])
+
+    def _update_assets(self, result: ProbeResult, run_id: int, now: str, confirmed: str) -> None:
+        conn = self.db.conn
+        current = {
+            row[0]: row for row in conn.execute(
+                "SELECT a.asset_id, a.id, a.source, a.kind, a.name, a.protected, a.system, a.attributes "
+                "FROM current_assets ca JOIN assets a ON a.id = ca.asset_row_id "
+                "WHERE ca.probe = ? AND ca.action = ?", [result.probe, result.action])
+        }
+        if not current and not result.assets:
+            return
+        for asset in result.assets:
+            values = (asset.source, asset.kind, asset.name, int(asset.protected), asset.system,
+                      _json(asset.attributes))
+            known = current.pop(asset.asset_id, None)
+            if known is not None and tuple(known[2:]) == values:
+                continue
+            row_id = conn.execute(_INSERT_ASSET, [run_id, result.probe, result.action,
+                                                  "changed" if known else "appeared", values[0], asset.asset_id,
+                                                  *values[1:], now]).lastrowid
+            conn.execute(
+                "INSERT INTO current_assets (probe, asset_id, action, asset_row_id, probe_run_id, confirmed_at) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (probe, asset_id) DO UPDATE SET action = excluded.action, "
+                "asset_row_id = excluded.asset_row_id", [result.probe, asset.asset_id, result.action, row_id, run_id,
+                                                         confirmed])
+        for asset_id, (_, _row, *values) in current.items():
+            conn.execute(_INSERT_ASSET, [run_id, result.probe, result.action, "gone", values[0], asset_id,
+                                         *values[1:], now])
+            conn.execute("DELETE FROM current_assets WHERE probe = ? AND asset_id = ?", [result.probe, asset_id])
+        conn.execute("UPDATE current_assets SET probe_run_id = ?, confirmed_at = ? WHERE probe = ? AND action = ?",
+                     [run_id, confirmed, result.probe, result.action])
 
     def record_restore_test(self, result: RestoreTestResult) -> int:
         """Insert a restore test with its check results in one transaction; return its id."""
@@ -227,23 +287,30 @@ class Store:
         for key in ("started_at", "finished_at", "point_time"):
             row[key] = ts(getattr(result, key))
         row["status"] = result.status.value
+        row["details"] = _json(result.details) if result.details else None
         row["agent"] = self.agent
         with self.write_lock():
-            test_id = self.db["restore_tests"].insert(row).last_pk
-            self.db["check_results"].insert_all(
-                {
-                    "restore_test_id": test_id, "name": c["name"], "status": c["status"].value,
-                    "evidence": c["evidence"], "duration_seconds": c["duration_seconds"],
-                    "details": json.dumps(c["details"], default=str),
-                }
-                for c in checks
-            )
+            conn = self.db.conn
+            test_id = conn.execute(_INSERT_TEST, [row[c] for c in _TEST_COLUMNS]).lastrowid
+            conn.executemany(
+                "INSERT INTO check_results (restore_test_id, name, status, evidence, duration_seconds, details) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                [(test_id, c["name"], c["status"].value, c["evidence"], c["duration_seconds"],
+                  json.dumps(c["details"], default=str)) for c in checks])
+            conn.execute(
+                "INSERT INTO test_latest (system, test, last_id, passed_id, rto_id, rpo_id) VALUES (?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (system, test) DO UPDATE SET last_id = excluded.last_id, "
+                "passed_id = COALESCE(excluded.passed_id, passed_id), rto_id = COALESCE(excluded.rto_id, rto_id), "
+                "rpo_id = COALESCE(excluded.rpo_id, rpo_id)",
+                [result.system, result.test, test_id, test_id if result.status is Status.PASSED else None,
+                 test_id if result.rto_seconds is not None else None,
+                 test_id if result.rpo_seconds is not None else None])
         return test_id
 
     def record_canary(self, test: str, system: str, path: str, token: str, written_at: datetime) -> None:
-        self.db["canaries"].insert(
-            {"test": test, "system": system, "path": path, "token": token, "written_at": ts(written_at)}
-        )
+        with self.write_lock():
+            self.db.conn.execute("INSERT INTO canaries (test, system, path, token, written_at) VALUES (?, ?, ?, ?, ?)",
+                                 [test, system, path, token, ts(written_at)])
 
     def planted_canary(self, token: str) -> dict[str, Any] | None:
         """Return the record of the canary drcheck planted with this token (system, test,
@@ -254,37 +321,15 @@ class Store:
         rows[0]["written_at"] = parse_ts(rows[0]["written_at"])
         return rows[0]
 
-    # -- sandbox leases -----------------------------------------------------------------
+    def compact(self, keep_days: int) -> dict[str, Any]:
+        """Remove probe history older than `keep_days` days that adds no evidence (repeats
+        of an unchanged point or finding, the middle of a streak of same-outcome probe runs)
+        and released leases; keep every restore test, check, point change, finding change
+        and asset event. Return {"cutoff", "removed": {table: rows}}, also recorded in the
+        append-only `compactions` table. See drcheck.compaction for the exact policy."""
+        from drcheck.compaction import compact
 
-    def take_lease(self, test: str, path: Path) -> int:
-        """Record that `test` is about to create `path`; return the lease id. Committed
-        before the sandbox exists, so a crash leaves a lease that names the leftovers.
-        Raise LeaseConflict when a live run (of any process on this host) holds `path`."""
-        pid, host = os.getpid(), socket.gethostname()
-        with self.write_lock():
-            for row in self.query("SELECT * FROM sandbox_leases WHERE released_at IS NULL AND path = ?", [str(path)]):
-                if row["host"] != host or owner_alive(row["pid"], row["pid_started"]):
-                    raise LeaseConflict(f"{path} is in use by {row['test']} (pid {row['pid']} on {row['host']})")
-                # A dead run's lease on this very path: ours replaces it, so no reaper
-                # deletes the path under us later (leftover data is refused by the caller).
-                self.release_lease(row["id"], "superseded by a new run on the same path")
-            return self.db["sandbox_leases"].insert(
-                {
-                    "test": test, "path": str(path), "pid": pid, "pid_started": process_start(pid),
-                    "host": host, "created_at": ts(utcnow()),
-                }
-            ).last_pk
-
-    def release_lease(self, lease_id: int, note: str = "cleaned up") -> None:
-        self.db["sandbox_leases"].update(lease_id, {"released_at": ts(utcnow()), "release_note": note})
-
-    def orphaned_leases(self) -> list[dict[str, Any]]:
-        """Return open leases whose owning process on this host is gone."""
-        host = socket.gethostname()
-        rows = self.db.execute_returning_dicts(
-            "SELECT * FROM sandbox_leases WHERE released_at IS NULL ORDER BY id"
-        )
-        return [r for r in rows if r["host"] == host and not owner_alive(r["pid"], r["pid_started"])]
+        return compact(self, keep_days)
 
     # -- reads ------------------------------------------------------------------------
 
@@ -300,9 +345,21 @@ class Store:
     def latest_point_id(self, system: str, copy: str) -> str | None:
         """The id of the newest restore point a probe last reported for (system, copy)."""
         row = self.db.execute(
-            "SELECT point_id FROM restore_points WHERE system = ? AND copy = ? ORDER BY id DESC LIMIT 1",
-            [system, copy]).fetchone()
+            "SELECT rp.point_id FROM current_points cp JOIN restore_points rp ON rp.id = cp.restore_point_id "
+            "WHERE cp.system = ? AND cp.copy = ? ORDER BY cp.confirmed_at DESC LIMIT 1", [system, copy]).fetchone()
+        if row is None:  # no probe lists it now: the last one any probe reported
+            row = self.db.execute("SELECT point_id FROM restore_points WHERE system = ? AND copy = ? "
+                                  "ORDER BY id DESC LIMIT 1", [system, copy]).fetchone()
         return row[0] if row else None
+
+    def current_assets(self) -> list[dict[str, Any]]:
+        """The assets each probe's latest readable inventory reported, keyed by (probe,
+        asset_id), with `attributes` parsed and `protected` as a bool."""
+        rows = self.query(CURRENT_ASSETS + " ORDER BY a.probe, a.asset_id")
+        for row in rows:
+            row["attributes"] = json.loads(row["attributes"]) if row["attributes"] else {}
+            row["protected"] = bool(row["protected"])
+        return rows
 
     def latest_probe_runs(self) -> list[dict[str, Any]]:
         """Latest run per (probe, action)."""
@@ -321,8 +378,8 @@ class Store:
         `rpo_seconds`): a failed run still measures the RPO it achieved."""
         if column not in ("rto_seconds", "rpo_seconds"):
             raise ValueError(f"not a measured column: {column}")
-        return self.query(newest_per("restore_tests", "system, test", f"{column} IS NOT NULL",
-                                     f"id, system, test, started_at, {column}"))
+        key = {"rto_seconds": "rto_id", "rpo_seconds": "rpo_id"}[column]
+        return self.query(latest_via("test_latest", key, "restore_tests", f"id, system, test, started_at, {column}"))
 
     def restore_tests_between(self, start: datetime, end: datetime) -> list[dict[str, Any]]:
         return self.query(
@@ -345,40 +402,3 @@ class Store:
     def findings_of_latest_runs(self) -> list[dict[str, Any]]:
         """Findings of the latest run of each probe and action."""
         return self.query(CURRENT_FINDINGS + " ORDER BY f.severity, f.system")
-
-
-class LeaseConflict(RuntimeError):
-    """Another live run holds a lease on the same sandbox path."""
-
-
-def _proc_stat(pid: int) -> list[bytes] | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            return handle.read().rsplit(b")", 1)[1].split()
-    except OSError:
-        return None
-
-
-def process_start(pid: int) -> str | None:
-    """Return an identifier of when process `pid` started (None when unreadable), so a
-    recycled pid is not mistaken for a lease's owner."""
-    fields = _proc_stat(pid)
-    return fields[19].decode() if fields else None
-
-
-def owner_alive(pid: int, started: str | None) -> bool:
-    """True unless process `pid` is provably not the one that started at `started`: gone,
-    a zombie (it holds its pid but will never clean up), or a recycled pid. When /proc
-    hides other users' processes (hidepid), an existing pid counts as alive."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    fields = _proc_stat(pid)
-    if fields is None:
-        return True
-    if fields[0] in (b"Z", b"X"):
-        return False
-    return started is None or fields[19].decode() == started

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from drcheck import procfs
 from drcheck.clients import SourceError
 
 
@@ -106,18 +107,12 @@ def kill_group(pid: int, sig: int = signal.SIGKILL) -> None:
 
 
 def session_members(sid: int) -> list[int]:
-    """Return the pids of every process in session `sid` (Linux /proc)."""
+    """Return the pids of every live process in session `sid` (Linux /proc)."""
     members = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as handle:
-                fields = handle.read().rsplit(b")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[3]) == sid and fields[0] not in (b"Z", b"X"):
-            members.append(int(entry))
+    for pid in procfs.pids():
+        found = procfs.stat(pid)
+        if found is not None and found.session == sid and not found.exited:
+            members.append(pid)
     return members
 
 

@@ -92,7 +92,7 @@ def test_schedules_jobs_and_stops_cleanly_on_sigterm(lab, agent):
     assert a.stop() == 0
     assert "drcheck agent stopped" in a.text()
     assert lab.sandbox_entries() == []
-    assert count(lab, "SELECT COUNT(*) AS n FROM sandbox_leases WHERE released_at IS NULL") == 0
+    assert count(lab, "SELECT COUNT(*) AS n FROM leases WHERE released_at IS NULL") == 0
 
 
 def test_failing_and_hanging_jobs_do_not_stop_the_agent(lab, agent):
@@ -166,9 +166,9 @@ def test_sigkill_mid_restore_loses_nothing_and_next_start_reaps(lab, agent):
     lab.configure(probes={"repo": {"restic_command": str(slow), "snapshots": {"schedule": {"interval": "1s"}}}},
                   restore_tests={"app-files": {"schedule": {"interval": "1h"}}})
     a = agent()
-    lease = wait_for(lambda: lab.rows("SELECT * FROM sandbox_leases WHERE released_at IS NULL") if lab.database.exists() else None,
+    lease = wait_for(lambda: lab.rows("SELECT * FROM leases WHERE released_at IS NULL") if lab.database.exists() else None,
                      what="a restore test to take its sandbox lease")[0]
-    sandbox = Path(lease["path"])
+    sandbox = Path(lease["resource"])
     wait_for(lambda: (sandbox / str(lab.source).lstrip("/") / "data").exists(), what="restored data in the sandbox")
     wait_for(lambda: count(lab, "SELECT COUNT(*) AS n FROM probe_runs") >= 2, what="committed probe results")
     committed = lab.rows("SELECT * FROM probe_runs ORDER BY id")
@@ -185,7 +185,7 @@ def test_sigkill_mid_restore_loses_nothing_and_next_start_reaps(lab, agent):
     b = agent()
     wait_for(lambda: "reaped leftover sandbox" in b.text(), what="the reaper at start")
     assert not sandbox.exists()
-    (row,) = lab.rows("SELECT * FROM sandbox_leases")
+    (row,) = lab.rows("SELECT * FROM leases")
     assert row["released_at"] and row["release_note"].startswith("reaped")
     interrupted = lab.rows("SELECT * FROM restore_tests WHERE status = 'error'")
     assert interrupted and "interrupted" in interrupted[-1]["reason"]
@@ -250,16 +250,16 @@ def test_a_slow_job_never_overlaps_itself_and_sigterm_cleans_it_up(lab, agent):
     lab.configure(probes={"repo": {"restic_command": str(slow)}},
                   restore_tests={"app-files": {"schedule": {"interval": "1s"}}})
     a = agent()
-    lease = wait_for(lambda: lab.rows("SELECT * FROM sandbox_leases") if lab.database.exists() else None,
+    lease = wait_for(lambda: lab.rows("SELECT * FROM leases") if lab.database.exists() else None,
                      what="the restore test to start")[0]
     wait_for(lambda: "maximum number of running instances reached" in a.text(), what="a skipped second run")
-    assert len(lab.rows("SELECT * FROM sandbox_leases")) == 1  # one instance, coalesced
+    assert len(lab.rows("SELECT * FROM leases")) == 1  # one instance, coalesced
 
     assert a.stop() == 0
-    assert not Path(lease["path"]).exists()
+    assert not Path(lease["resource"]).exists()
     (row,) = lab.rows("SELECT * FROM restore_tests")
     assert row["status"] == "error" and "SIGTERM" in row["reason"]
-    assert lab.rows("SELECT released_at FROM sandbox_leases")[0]["released_at"]
+    assert lab.rows("SELECT released_at FROM leases")[0]["released_at"]
 
 
 def test_metrics_address_in_use_is_a_clear_error(lab):

@@ -43,7 +43,7 @@ def test_healthy_restore_passes_with_rto_and_rpo_stored(lab):
     assert row["rto_target_seconds"] == 3600 and row["rpo_target_seconds"] == 86400
     assert len(lab.rows("SELECT * FROM check_results WHERE restore_test_id = ?", [row["id"]])) == 5
     assert lab.sandbox_entries() == []
-    assert lab.rows("SELECT COUNT(*) AS n FROM sandbox_leases WHERE released_at IS NULL")[0]["n"] == 0
+    assert lab.rows("SELECT COUNT(*) AS n FROM leases WHERE released_at IS NULL")[0]["n"] == 0
 
 
 def test_probe_records_newest_point_per_system(lab):

@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from drcheck.results import CheckResult, Finding, ProbeResult, RestorePoint, RestoreTestResult, Severity, Status
+from drcheck.results import CheckResult, Finding, InventoryAsset, ProbeResult, RestorePoint, RestoreTestResult, Severity, Status
 from drcheck.store import RESULT_TABLES, Store
 
 WHEN = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)
@@ -28,6 +28,10 @@ def test_results_cannot_be_changed_or_removed(tmp_path, table):
             probe="p", kind="restic", action="snapshots", status=Status.OK, started_at=WHEN, finished_at=WHEN,
             newest=[RestorePoint("sis", "c", WHEN, "abc")], findings=[Finding(Severity.WARNING, "x", "y")]))
         store.record_canary("t", "sis", "/srv/.drcheck-canary", "tok", WHEN)
+        store.record_probe(ProbeResult(  # sis is gone; an inventory reports an asset
+            probe="p", kind="restic", action="snapshots", status=Status.OK, started_at=WHEN, finished_at=WHEN,
+            assets=[InventoryAsset("vc", "4203-uuid", "sis01", True, "sis", "vm", {"power": "on"})]))
+        store.compact(keep_days=0)
     raw = sqlite3.connect(tmp_path / "db")
     assert raw.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0] > 0
     for statement in (f"UPDATE {table} SET id = id", f"DELETE FROM {table}"):
@@ -37,9 +41,9 @@ def test_results_cannot_be_changed_or_removed(tmp_path, table):
 
 def test_leases_stay_mutable_and_timestamps_are_utc(tmp_path):
     with Store(tmp_path / "db") as store:
-        lease = store.take_lease("t", tmp_path / "sandbox" / "x")
+        lease = store.take_lease("directory", tmp_path / "sandbox" / "x", "t", "drcheck.sandbox")
         store.release_lease(lease)
-        row = store.query("SELECT * FROM sandbox_leases")[0]
+        row = store.query("SELECT * FROM leases")[0]
         assert row["released_at"].endswith("+00:00")
         store.record_restore_test(a_test_result())
         assert store.query("SELECT started_at FROM restore_tests")[0]["started_at"] == "2026-11-23T12:00:00.000000+00:00"
@@ -56,7 +60,8 @@ def test_wal_and_migrations_recorded(tmp_path):
     with Store(tmp_path / "db") as store:
         assert store.db.journal_mode == "wal"
         names = [r["name"] for r in store.query("SELECT name FROM _sqlite_migrations ORDER BY id")]
-    assert names == ["m001_initial", "m002_results_are_append_only"]
+    assert names == ["m001_initial", "m002_results_are_append_only", "m003_leases_of_any_resource",
+                     "m004_details_and_assets", "m005_current_state"]
 
 
 def _open_and_record(path: str) -> None:

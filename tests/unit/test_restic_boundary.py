@@ -68,7 +68,7 @@ def test_entry_that_would_escape_refuses_the_whole_restore(config, monkeypatch, 
 
     with Store(loaded.database_path) as store:
         result = run_restore_test(loaded, store, "t")
-        leases = store.query("SELECT * FROM sandbox_leases")
+        leases = store.query("SELECT * FROM leases")
 
     assert result.status is Status.ERROR
     assert "would escape the sandbox" in result.reason
@@ -83,9 +83,9 @@ def test_clean_listing_is_restored_into_a_leased_sandbox(config, monkeypatch):
     loaded = load(config)
     with Store(loaded.database_path) as store:
         result = run_restore_test(loaded, store, "t")
-        (lease,) = store.query("SELECT * FROM sandbox_leases")
+        (lease,) = store.query("SELECT * FROM leases")
     (target,) = FakeRepository.restored
-    assert Path(lease["path"]) == target and lease["released_at"]
+    assert Path(lease["resource"]) == target and lease["released_at"]
     assert target.parent == loaded.config.agent.sandbox_root and not target.exists()
     assert result.status is Status.PASSED
 

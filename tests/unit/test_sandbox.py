@@ -70,8 +70,8 @@ def test_a_fixed_target_is_never_shared_by_two_live_runs(tmp_path):
                     pass
             assert (first / "restoring").exists()  # the refused run removed nothing
         assert not target.exists()
-        leases = store.query("SELECT test, released_at FROM sandbox_leases ORDER BY id")
-    assert [row["test"] for row in leases] == ["first"] and leases[0]["released_at"]
+        leases = store.query("SELECT owner, released_at FROM leases ORDER BY id")
+    assert [row["owner"] for row in leases] == ["first"] and leases[0]["released_at"]
 
 
 def test_lease_of_a_dead_owner_is_superseded_not_reaped_later(tmp_path):
@@ -81,11 +81,11 @@ def test_lease_of_a_dead_owner_is_superseded_not_reaped_later(tmp_path):
     root = tmp_path / "sandbox"
     target = root / "fixed"
     with Store(tmp_path / "db.sqlite") as store:
-        dead = store.take_lease("crashed", target)
-        store.db["sandbox_leases"].update(dead, {"pid": 2**22 + 7})  # a pid that does not exist
+        dead = store.take_lease("directory", target, "crashed", "drcheck.sandbox")
+        store.db["leases"].update(dead, {"pid": 2**22 + 7})  # a pid that does not exist
         with sandbox(store, root, "next", target) as path:
             (path / "f").write_text("x")
             assert reap(store, root) == []  # the superseded lease is not reaped under us
             assert (path / "f").exists()
-        rows = store.query("SELECT release_note FROM sandbox_leases ORDER BY id")
+        rows = store.query("SELECT release_note FROM leases ORDER BY id")
     assert rows[0]["release_note"].startswith("superseded")
