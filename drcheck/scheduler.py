@@ -25,7 +25,7 @@ from pathlib import Path
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from drcheck.clients.process import kill_session, session_members
+from drcheck.clients.process import die_with_parent, kill_session, session_members
 from drcheck.config_types import Schedule
 from drcheck.config_loader import ConfigError, LoadedConfig, load
 from drcheck.engine import open_store, probe_error, reap_orphans, restore_test_error
@@ -205,8 +205,10 @@ class Daemon:
         marker = self._marker(spec)
         log.info("%s: starting", spec.id)
         # Its own session: on a hard timeout every process the job started (restic, ssh)
-        # is found by session id and killed.
-        child = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, start_new_session=True)
+        # is found by session id and killed. It dies with the agent (SIGKILL included), and
+        # so, in turn, do the programs it started.
+        child = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, start_new_session=True,
+                                 preexec_fn=die_with_parent())
         try:
             child.stdin.write(pickle.dumps(self.loaded))  # the config this agent runs, not the file
             child.stdin.close()
