@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 # The scrape reads only the columns it exports: at 10,000 systems `t.*` costs ~10% more.
 _TEST_COLUMNS = ("system, test, started_at, status, restore_seconds, verify_seconds, "
                  "rto_target_seconds, rpo_target_seconds")
-SCRAPE_TESTS = newest_per("restore_tests", "system, test", columns=_TEST_COLUMNS)
+SCRAPE_TESTS = newest_per("restore_tests", "system, test", "status != 'skipped'", columns=_TEST_COLUMNS)
 SCRAPE_PASSED = newest_per("restore_tests", "system, test", "status = 'passed'", "system, test, started_at")
 SCRAPE_RTO = newest_per("restore_tests", "system, test", "rto_seconds IS NOT NULL", "system, test, rto_seconds")
 SCRAPE_RPO = newest_per("restore_tests", "system, test", "rpo_seconds IS NOT NULL", "system, test, rpo_seconds")
@@ -54,12 +54,20 @@ class StoreCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         loaded = self.config()
-        conn = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=10)
-        conn.row_factory = sqlite3.Row
-        try:
-            yield from self._collect(conn, loaded)
-        finally:
-            conn.close()
+        try:  # read everything first: a database that fails half-way yields only its health
+            conn = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=10)
+            conn.row_factory = sqlite3.Row
+            try:
+                metrics, fault = list(self._collect(conn, loaded)), None
+            finally:
+                conn.close()
+        except sqlite3.Error as exc:
+            from drcheck.storefaults import describe
+
+            metrics, fault = [], describe(self.db_path, exc)
+            log.debug("metrics scrape: %s", fault.line())
+        yield from metrics
+        yield from store_health(fault)
 
     def _collect(self, conn: sqlite3.Connection, loaded: LoadedConfig) -> Iterator[Metric]:
         cfg = loaded.config
@@ -158,6 +166,18 @@ class StoreCollector(Collector):
         leases = _gauge("drcheck_sandbox_leases_open", "sandboxes currently in use or left behind", [])
         leases.add_metric([], conn.execute("SELECT COUNT(*) FROM sandbox_leases WHERE released_at IS NULL").fetchone()[0])
         yield from (up, ok, duration, last, unprotected, leases)
+
+
+def store_health(fault) -> Iterator[Metric]:
+    """drcheck_store_up (1: the database could be read at this scrape) and, when it could
+    not, drcheck_store_error_info{cause} (read_only, locked, damaged, disk_full, unreadable)."""
+    up = _gauge("drcheck_store_up", "1 when the database could be read at this scrape, else 0", [])
+    up.add_metric([], 0 if fault else 1)
+    yield up
+    info = _gauge("drcheck_store_error_info", "why the database could not be read; value is always 1", ["cause"])
+    if fault:
+        info.add_metric([fault.cause], 1)
+    yield info
 
 
 def _per_system(*families: tuple[str, str, dict[str, float]]) -> Iterator[Metric]:

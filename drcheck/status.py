@@ -10,7 +10,10 @@ from typing import Any
 from drcheck.config_loader import LoadedConfig
 from drcheck.durations import format_duration
 from drcheck.kinds import probe_module
-from drcheck.store import Store, parse_ts
+from drcheck.store import Store, newest_per, parse_ts
+
+# The latest run that ran: a run skipped because another was in progress hides nothing.
+LATEST_RUN_TESTS = newest_per("restore_tests", "system, test", "status != 'skipped'")
 
 
 @dataclass
@@ -98,7 +101,7 @@ def system_statuses(loaded: LoadedConfig, store: Store, now: datetime) -> list[S
         if row["probe"] in cfg.probes:
             points.setdefault(row["system"], []).append(row)
     runs = {(r["probe"], r["action"]): r for r in store.latest_probe_runs()}
-    latest = {(r["system"], r["test"]): test_run(r) for r in store.latest_restore_tests()}
+    latest = {(r["system"], r["test"]): test_run(r) for r in store.query(LATEST_RUN_TESTS)}
     successes = {(r["system"], r["test"]): parse_ts(r["started_at"]) for r in store.last_successful_tests()}
 
     statuses = []
