@@ -13,7 +13,7 @@ import sqlite3
 from pathlib import Path
 from typing import Callable
 
-from drcheck import canary, locks, placement, sandbox, storefaults
+from drcheck import canary, diskspace, locks, placement, sandbox, storefaults
 from drcheck.clients import process
 from drcheck.config_loader import LoadedConfig
 from drcheck.context import Progress, RunContext, no_progress
@@ -170,6 +170,12 @@ def _run_restore_test(loaded: LoadedConfig, store: Store, name: str, progress: P
     except Exception as exc:
         log.exception("restore test %s crashed", name)
         result = restore_test_error(loaded, name, started, f"internal error: {type(exc).__name__}: {exc}")
+    if not result.status.good and diskspace.is_full(result.reason) and "disk full" not in result.reason:
+        # restic's "no space left on device" (or ENOSPC) names neither the disk nor the sizes;
+        # and a full sandbox says nothing about the backup: drcheck could not test (ERROR)
+        result.status = Status.ERROR
+        result.reason = f"{diskspace.explain_full(loaded.config.agent.sandbox_root, result.bytes_restored)}: " \
+                        f"{result.reason}"
     store.record_restore_test(result)
     log.info("restore test %s: %s %s", name, result.status.value, result.reason)
     return result

@@ -85,6 +85,25 @@ def describe(path: Path, exc: BaseException, timeout: float | None = None) -> St
     return StoreUnavailable(path, UNREADABLE, text)
 
 
+def _truncated(path: Path) -> str | None:
+    """Why the file is shorter than its own header says, else None (cheap: one read)."""
+    try:
+        with path.open("rb") as handle:
+            header = handle.read(100)
+        size = path.stat().st_size
+    except OSError:
+        return None  # whatever it is, opening it says so
+    if len(header) < 100 or not header.startswith(b"SQLite format 3\0"):
+        return None if size == 0 else "file is not a database"
+    page_size = int.from_bytes(header[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    pages = int.from_bytes(header[28:32], "big")
+    valid = header[24:28] == header[92:96]  # the in-header size is only trusted when current
+    if valid and pages and size < pages * page_size:
+        return f"truncated: {size} bytes, its header says {pages * page_size}"
+    return None
+
+
 def preflight(path: Path, timeout: float) -> None:
     """Check, before a command relies on it, that the database at `path` (if it exists
     yet) is a readable SQLite database that this process can lock for writing within
@@ -95,6 +114,9 @@ def preflight(path: Path, timeout: float) -> None:
         raise StoreUnavailable(path, FULL, f"{free} bytes free on its file system")
     if not path.exists():
         return
+    truncated = _truncated(path)
+    if truncated:
+        raise StoreUnavailable(path, DAMAGED, truncated)
     try:
         conn = sqlite3.connect(path, timeout=timeout, isolation_level=None)
     except sqlite3.Error as exc:
