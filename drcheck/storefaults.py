@@ -22,7 +22,7 @@ READ_ONLY, LOCKED, DAMAGED, FULL, UNREADABLE = "read_only", "locked", "damaged",
 ADVICE = {
     READ_ONLY: "drcheck must write its results there",
     LOCKED: "another process holds a write lock on it",
-    DAMAGED: "move it aside and restore it from a backup (a new one is created if none is there)",
+    DAMAGED: "restore it from a backup, or move it aside and drcheck starts a new one",
     FULL: "free some space",
     UNREADABLE: "check its permissions and the file system",
 }
