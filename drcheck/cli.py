@@ -1,7 +1,9 @@
 """The `drcheck` command line.
 
 Exit status: 0 when everything checked is good, 1 when a probe or restore test failed or
-errored or the configuration is invalid, 2 for usage errors. `--json` output is stable.
+errored, the configuration is invalid or the database is unusable, 2 for usage errors, 75
+when a probe action or restore test was skipped because another run of it was in progress.
+`--json` output is stable.
 """
 
 from __future__ import annotations
@@ -23,6 +25,18 @@ from drcheck.console import ProgressView, err, local, out, print_status_table, s
 from drcheck.durations import format_duration
 from drcheck.results import utcnow
 
+_database: Path | None = None  # the database the command opened, named by store fault messages
+
+# exit status of a job refused because another run of it is in progress (EX_TEMPFAIL)
+EXIT_SKIPPED = 75
+
+
+def _exit_for(status) -> int:
+    from drcheck.results import Status
+
+    return 0 if status.good else EXIT_SKIPPED if status is Status.SKIPPED else 1
+
+
 class State:
     def __init__(self, config_path: str | None, config_on_stdin: bool = False):
         self.config_path = config_path
@@ -41,6 +55,8 @@ class State:
                     err.print(message, markup=False, highlight=False)
                 err.print(f"[red]{len(exc.errors)} configuration problem(s); nothing was run.[/]")
                 sys.exit(1)
+        global _database
+        _database = self._loaded.database_path
         return self._loaded
 
     def store(self):
@@ -75,9 +91,24 @@ def config() -> None:
 @config.command("validate")
 @pass_state
 def config_validate(state: State) -> None:
-    """Validate drcheck.toml and the runbooks; print every problem with file and key."""
+    """Validate drcheck.toml and the runbooks; print every problem with file and key.
+
+    Beyond the schema and cross-references it catches what would surely fail when used:
+    unreadable secret files, restore targets overlapping sources, repositories, the state
+    or reports directory or a system directory, expected paths escaping the source,
+    dependency cycles, RTO (+ WRT) above MTD. Doubtful settings are printed as warnings."""
+    from drcheck.validation import surely_failing, warnings
+
     loaded = state.loaded()
     cfg = loaded.config
+    problems = surely_failing(loaded)
+    for message in problems:
+        err.print(message, markup=False, highlight=False)
+    if problems:
+        err.print(f"[red]{len(problems)} configuration problem(s)[/]")
+        sys.exit(1)
+    for message in warnings(loaded):
+        err.print(f"warning: {message}", markup=False, highlight=False, style="yellow")
     out.print(f"[green]{escape(str(loaded.path))}: valid[/] — {len(loaded.runbooks)} system(s), "
               f"{len(cfg.probes)} probe(s), {len(cfg.restore_tests)} restore test(s)")
 
@@ -134,7 +165,7 @@ def probe(state: State, name: str, action: str | None, as_json: bool, timeout: f
             out.print(f"[{'red' if f.severity.value == 'critical' else 'yellow'}]{f.severity.value}[/]: {escape(f.message)}")
         out.print(f"{name}: {styled(result.status.value)} in {result.duration_seconds:.1f}s"
                   + (f" — {escape(result.reason)}" if result.reason else ""))
-    sys.exit(0 if result.status.good else 1)
+    sys.exit(_exit_for(result.status))
 
 
 @cli.command("restore-test")
@@ -160,7 +191,7 @@ def restore_test(state: State, name: str, as_json: bool, timeout: float | None) 
         click.echo(json.dumps(_restore_json(result), indent=2))
     else:
         _print_restore(loaded, result)
-    sys.exit(0 if result.status.good else 1)
+    sys.exit(_exit_for(result.status))
 
 
 @cli.group()
@@ -302,15 +333,20 @@ def _print_restore(loaded: LoadedConfig, result) -> None:
 
 def main() -> None:
     from drcheck.engine import Interrupted
+    from drcheck.storefaults import StoreUnavailable, describe
 
     try:
         cli(prog_name="drcheck")
+    except StoreUnavailable as exc:
+        err.print(f"drcheck: {exc.line()}", markup=False)
+        sys.exit(1)
+    except sqlite3.Error as exc:  # raised after the database opened: damaged pages, disk full…
+        line = describe(_database, exc).line() if _database else f"database error: {exc}"
+        err.print(f"drcheck: {line}", markup=False)
+        sys.exit(1)
     except OSError as exc:  # an unwritable state_dir or output directory, a full disk
         where = f"{exc.filename}: " if exc.filename else ""
         err.print(f"drcheck: {where}{exc.strerror or exc}", markup=False)
-        sys.exit(1)
-    except sqlite3.Error as exc:
-        err.print(f"drcheck: database error: {exc}", markup=False)
         sys.exit(1)
     except Interrupted as exc:
         err.print(f"{exc}; the result was recorded and the sandbox removed", markup=False, style="yellow")

@@ -45,6 +45,10 @@ class AgentConfig(Strict):
     misfire_grace: Duration = Field(
         timedelta(minutes=10), description="a job that missed its time by less than this still runs"
     )
+    database_timeout: Duration = Field(
+        timedelta(seconds=30),
+        description="how long a command waits for another process's lock on the database before giving up",
+    )
 
     @field_validator("timezone")
     @classmethod
@@ -65,6 +69,25 @@ class MetricsConfig(Strict):
     listen: str = Field(
         "127.0.0.1:9847", pattern=r"^[^\s:]*:\d{1,5}$", description="host:port to listen on"
     )
+
+    @field_validator("listen")
+    @classmethod
+    def _valid_address(cls, value: str) -> str:
+        import ipaddress
+        import re
+
+        host, port = value.rsplit(":", 1)
+        if not 1 <= int(port) <= 65535:
+            raise ValueError(f"port {int(port)} is out of range (1-65535)")
+        if re.fullmatch(r"[0-9.]+", host):
+            try:
+                ipaddress.IPv4Address(host)
+            except ValueError:
+                raise ValueError(f"{host!r} is not a valid IPv4 address") from None
+        elif host and not re.fullmatch(r"(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)"
+                                       r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*", host):
+            raise ValueError(f"{host!r} is not a valid host name or IPv4 address")
+        return value
 
 
 class ReportsConfig(Strict):

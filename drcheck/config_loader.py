@@ -282,4 +282,8 @@ def cross_reference_errors(loaded: LoadedConfig) -> list[str]:
         for i, dep in enumerate(runbook.depends_on):
             if (problem := loaded.unknown_system(dep)):
                 errors.append(f"{file}: depends_on[{i}]: {problem}")
+    from drcheck import placement
+
+    for key, message in placement.problems(loaded):
+        report(key, message)
     return errors

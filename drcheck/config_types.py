@@ -17,6 +17,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainSerializer,
     ValidationInfo,
     WithJsonSchema,
     field_validator,
@@ -29,9 +30,25 @@ from drcheck.secrets import SecretRef
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=64)]
 
+def duration_text(value: timedelta) -> str:
+    """Render a duration the way the configuration writes it ('2h', '1d12h', '90s', '0.5s'),
+    so schema defaults and dumped configurations are valid input again (pydantic's own
+    ISO 8601 'PT2H' is not)."""
+    seconds = value.total_seconds()
+    if seconds != int(seconds):
+        return f"{seconds:g}s"
+    seconds, parts = int(seconds), []
+    for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if seconds >= size:
+            parts.append(f"{seconds // size}{unit}")
+            seconds %= size
+    return "".join(parts) or "0s"
+
+
 Duration = Annotated[
     timedelta,
     BeforeValidator(parse_duration),
+    PlainSerializer(duration_text, return_type=str, when_used="json"),
     WithJsonSchema(
         {
             "anyOf": [

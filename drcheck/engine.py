@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import logging
 import signal
+import sqlite3
 from pathlib import Path
 from typing import Callable
 
-from drcheck import canary, leases, sandbox
+from drcheck import canary, diskspace, leases, locks, placement, sandbox, storefaults
 from drcheck.clients import process
 from drcheck.config_loader import LoadedConfig
 from drcheck.context import Progress, RunContext, no_progress
@@ -51,8 +52,22 @@ def arm_timeout(seconds: float | None) -> None:
     signal.setitimer(signal.ITIMER_REAL, seconds)
 
 
+# Errors of the database itself: never a probe's or a test's result (they could not even
+# be recorded); the CLI and the agent report them as store faults.
+STORE_ERRORS = (sqlite3.Error, storefaults.StoreUnavailable)
+
+
 def open_store(loaded: LoadedConfig) -> Store:
-    return Store(loaded.database_path, agent=loaded.config.agent.name)
+    """Open (create, migrate) the database. Raise StoreUnavailable, naming the file and the
+    cause, when it is read-only, locked beyond agent.database_timeout, damaged, or on a
+    full file system."""
+    path = loaded.database_path
+    timeout = loaded.config.agent.database_timeout.total_seconds()
+    storefaults.preflight(path, timeout)
+    try:
+        return Store(path, agent=loaded.config.agent.name)
+    except (sqlite3.Error, OSError) as exc:
+        raise storefaults.describe(path, exc, timeout) from None
 
 
 def probe_error(loaded: LoadedConfig, name: str, action: str, started, reason: str) -> ProbeResult:
@@ -83,15 +98,32 @@ def run_probe(loaded: LoadedConfig, store: Store, name: str, action: str | None 
     """Run one action of probe `name` (default: its kind's first), record and return the
     result. Raise KeyError for an action the kind does not declare."""
     target = loaded.config.probes[name]
-    ctx = RunContext(name=name, loaded=loaded, store=store, progress=progress)
     actions = probe_module(target.kind).ACTIONS
     action = action or next(iter(actions))
-    func = actions[action]
+    lock = locks.probe_lock(loaded.config.agent.state_dir, name, action)
+    try:
+        with locks.exclusive(lock, f"probe {name} {action}"):
+            return _run_probe(loaded, store, name, action, target, actions[action], progress)
+    except locks.Busy as busy:
+        # Recorded as history only: the store never lets a skipped run become the latest one.
+        log.warning("probe %s %s skipped: %s", name, action, busy)
+        started = utcnow()
+        result = ProbeResult(probe=name, kind=target.kind, action=action, status=Status.SKIPPED,
+                             started_at=started, finished_at=started, copy=target.copy,
+                             reason=f"skipped: {busy}; runs of one probe action never overlap")
+        store.record_probe(result)
+        return result
+
+
+def _run_probe(loaded, store, name, action, target, func, progress) -> ProbeResult:
+    ctx = RunContext(name=name, loaded=loaded, store=store, progress=progress)
     started = utcnow()
     try:
         result = func(target, ctx)
     except (Interrupted, KeyboardInterrupt) as exc:
         store.record_probe(probe_error(loaded, name, action, started, str(exc) or "interrupted"))
+        raise
+    except STORE_ERRORS:
         raise
     except Exception as exc:  # a bug in a probe must not take the agent down
         log.exception("probe %s (%s) crashed", name, action)
@@ -104,19 +136,48 @@ def run_probe(loaded: LoadedConfig, store: Store, name: str, action: str | None 
 def run_restore_test(loaded: LoadedConfig, store: Store, name: str,
                      progress: Progress = no_progress) -> RestoreTestResult:
     """Run restore test `name`, record and return the result. Leftover sandboxes of dead
-    runs are reaped first. An interruption (SIGTERM) is recorded, then re-raised."""
+    runs are reaped first. An interruption (SIGTERM) is recorded, then re-raised.
+
+    Only one run of a test happens at a time across every process sharing the state
+    directory: a run that finds another one in progress records a SKIPPED result (never a
+    pass or a failure) and returns it without touching anything."""
+    lock = locks.restore_test_lock(loaded.config.agent.state_dir, name)
+    try:
+        with locks.exclusive(lock, f"restore test {name}"):
+            return _run_restore_test(loaded, store, name, progress)
+    except locks.Busy as busy:
+        log.warning("restore test %s skipped: %s", name, busy)
+        result = restore_test_error(loaded, name, utcnow(),
+                                    f"skipped: {busy}; runs of one restore test never overlap")
+        result.status = Status.SKIPPED
+        store.record_restore_test(result)
+        return result
+
+
+def _run_restore_test(loaded: LoadedConfig, store: Store, name: str, progress: Progress) -> RestoreTestResult:
     reap_orphans(loaded, store)
     target = loaded.config.restore_tests[name]
     ctx = RunContext(name=name, loaded=loaded, store=store, progress=progress)
     started = utcnow()
     try:
+        placement.check_at_run_time(loaded, name)
         result = restore_test_module(target.kind).run(target, ctx)
     except (Interrupted, KeyboardInterrupt) as exc:
         store.record_restore_test(restore_test_error(loaded, name, started, str(exc) or "interrupted"))
         raise
+    except STORE_ERRORS:
+        raise
+    except placement.PlacementRefused as exc:
+        result = restore_test_error(loaded, name, started, str(exc))
     except Exception as exc:
         log.exception("restore test %s crashed", name)
         result = restore_test_error(loaded, name, started, f"internal error: {type(exc).__name__}: {exc}")
+    if not result.status.good and diskspace.is_full(result.reason) and "disk full" not in result.reason:
+        # restic's "no space left on device" (or ENOSPC) names neither the disk nor the sizes;
+        # and a full sandbox says nothing about the backup: drcheck could not test (ERROR)
+        result.status = Status.ERROR
+        result.reason = f"{diskspace.explain_full(loaded.config.agent.sandbox_root, result.bytes_restored)}: " \
+                        f"{result.reason}"
     store.record_restore_test(result)
     log.info("restore test %s: %s %s", name, result.status.value, result.reason)
     return result

@@ -8,9 +8,10 @@ matches a rule when it meets every criterion given. Shared by every file-backup 
 from __future__ import annotations
 
 import fnmatch
+import os
 from collections import defaultdict
 from dataclasses import dataclass
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Callable, Iterable, Protocol, Sequence, TypeVar
 
 from pydantic import Field, model_validator
@@ -54,6 +55,12 @@ def within(path: str | PurePosixPath, root: str | PurePosixPath) -> bool:
     filesystem access): for paths as a backup recorded them."""
     path, root = PurePosixPath(path), PurePosixPath(root)
     return path == root or root in path.parents
+
+
+def resolved_within(path: str | os.PathLike, root: str | os.PathLike) -> bool:
+    """True when `path` is `root` or lies below it on this machine, symlinks resolved (in
+    both; parts that do not exist yet are taken as written): for paths drcheck writes to."""
+    return within(Path(path).resolve(), Path(root).resolve())
 
 
 def under_any(path: str, roots: Iterable[str]) -> bool:

@@ -63,12 +63,20 @@ class StoreCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         loaded = self.config()
-        conn = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=10)
-        conn.row_factory = sqlite3.Row
-        try:
-            yield from self._collect(conn, loaded)
-        finally:
-            conn.close()
+        try:  # read everything first: a database that fails half-way yields only its health
+            conn = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=10)
+            conn.row_factory = sqlite3.Row
+            try:
+                metrics, fault = list(self._collect(conn, loaded)), None
+            finally:
+                conn.close()
+        except sqlite3.Error as exc:
+            from drcheck.storefaults import describe
+
+            metrics, fault = [], describe(self.db_path, exc)
+            log.debug("metrics scrape: %s", fault.line())
+        yield from metrics
+        yield from store_health(fault)
 
     def _collect(self, conn: sqlite3.Connection, loaded: LoadedConfig) -> Iterator[Metric]:
         cfg = loaded.config
@@ -197,6 +205,18 @@ def _leases(conn: sqlite3.Connection) -> Iterator[Metric]:
                        "deprecated: drcheck_leases_open{kind=\"directory\"}", [])
     sandboxes.add_metric([], conn.execute(SANDBOX_LEASES_OPEN).fetchone()[0])
     yield from (open_, uncleaned, sandboxes)
+
+
+def store_health(fault) -> Iterator[Metric]:
+    """drcheck_store_up (1: the database could be read at this scrape) and, when it could
+    not, drcheck_store_error_info{cause} (read_only, locked, damaged, disk_full, unreadable)."""
+    up = _gauge("drcheck_store_up", "1 when the database could be read at this scrape, else 0", [])
+    up.add_metric([], 0 if fault else 1)
+    yield up
+    info = _gauge("drcheck_store_error_info", "why the database could not be read; value is always 1", ["cause"])
+    if fault:
+        info.add_metric([fault.cause], 1)
+    yield info
 
 
 def _per_system(*families: tuple[str, str, dict[str, float]]) -> Iterator[Metric]:

@@ -15,13 +15,13 @@ from zoneinfo import ZoneInfo
 import jinja2
 
 from drcheck import __version__
-from drcheck.atomic import write_atomically
+from drcheck.atomic import write_new
 from drcheck.config_loader import LoadedConfig
 from drcheck.durations import format_duration
 from drcheck.status import system_statuses, test_run
 from drcheck.store import Store, parse_ts
 
-STATUS_ORDER = {"error": 0, "failed": 1, "passed": 2, "ok": 2}
+STATUS_ORDER = {"error": 0, "failed": 1, "passed": 2, "ok": 2, "skipped": 3}
 
 
 def environment(loaded: LoadedConfig) -> jinja2.Environment:
@@ -62,11 +62,14 @@ def weekly_context(loaded: LoadedConfig, store: Store, now: datetime) -> dict:
     checks = store.checks_for([r["id"] for r in rows])
     runs = []
     for row in rows:
+        if row["status"] == "skipped":  # refused because another run held the test: no evidence either way
+            continue
         run = test_run(row)
         runs.append({"run": run, "row": row, "checks": checks.get(row["id"], [])})
     runs.sort(key=lambda r: (STATUS_ORDER.get(r["run"].status, 0), -r["run"].started_at.timestamp()))
     statuses = system_statuses(loaded, store, now)
     counts = {s: sum(1 for r in runs if r["run"].status == s) for s in ("passed", "failed", "error")}
+    counts["skipped"] = sum(1 for row in rows if row["status"] == "skipped")
     return {
         "agent": loaded.config.agent.name, "version": __version__, "generated_at": now,
         "period_start": start, "period_end": now, "systems": statuses,
@@ -78,8 +81,10 @@ def weekly_context(loaded: LoadedConfig, store: Store, now: datetime) -> dict:
 
 def render_weekly(loaded: LoadedConfig, store: Store, output_dir: Path, now: datetime) -> Path:
     """Render the report of the 7 days up to `now` to output_dir/weekly-<end, local
-    time>.html and return its path. The name says which period it covers, and a later run
-    never overwrites an earlier report (evidence is kept, not replaced)."""
+    time>.html and return its path. The name says which period it covers, and a report
+    never overwrites another (evidence is kept, not replaced): a second report ending in
+    the same minute is weekly-<end>-2.html, and so on. Written atomically and fsynced."""
     html = environment(loaded).get_template("weekly.html.j2").render(**weekly_context(loaded, store, now))
     end = now.astimezone(ZoneInfo(loaded.config.agent.timezone))
-    return write_atomically(Path(output_dir) / f"weekly-{end:%Y-%m-%d-%H%M}.html", html)
+    stem = f"weekly-{end:%Y-%m-%d-%H%M}"
+    return write_new(lambda n: Path(output_dir) / (f"{stem}.html" if n == 0 else f"{stem}-{n + 1}.html"), html)

@@ -23,12 +23,15 @@ class Status(str, enum.Enum):
     ok/passed: everything verified. failed: the thing under test is wrong (stale backup,
     checksum mismatch, failed repository check). error: drcheck could not find out
     (unreachable, wrong password, timeout); an error is never counted as a pass.
+    skipped: not run because another run of the same job was in progress; neither a pass
+    nor a failure, never the run a verdict or a measured time comes from.
     """
 
     OK = "ok"
     PASSED = "passed"
     FAILED = "failed"
     ERROR = "error"
+    SKIPPED = "skipped"
 
     @property
     def good(self) -> bool:

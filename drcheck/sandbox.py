@@ -20,6 +20,7 @@ from pathlib import Path, PurePosixPath
 from typing import Iterator
 
 from drcheck import leases
+from drcheck.mapping import resolved_within
 from drcheck.results import utcnow
 from drcheck.store import LeaseConflict, Store
 
@@ -34,8 +35,7 @@ class SandboxRefused(RuntimeError):
 
 def is_inside(path: Path, root: Path) -> bool:
     """True when `path`, with symlinks resolved, is `root` or below it."""
-    resolved, base = Path(path).resolve(), Path(root).resolve()
-    return resolved == base or base in resolved.parents
+    return resolved_within(path, root)
 
 
 def contained(sandbox: Path, snapshot_path: str | os.PathLike) -> Path:

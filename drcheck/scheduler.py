@@ -19,22 +19,27 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from drcheck.clients.process import kill_session, session_members
+from drcheck.clients.process import die_with_parent, kill_session, session_members
 from drcheck.config_types import Schedule
 from drcheck.config_loader import ConfigError, LoadedConfig, load
-from drcheck.engine import open_store, probe_error, reap_orphans, restore_test_error
+from drcheck import locks
+from drcheck.engine import STORE_ERRORS, open_store, probe_error, reap_orphans, restore_test_error
+from drcheck.storefaults import StoreUnavailable, describe
 from drcheck.kinds import action_timeout, probe_module
 from drcheck.results import utcnow
 
 log = logging.getLogger(__name__)
 
 STOP_GRACE_SECONDS = 30  # how long a child gets to clean up after SIGTERM
+EXIT_SKIPPED = 75  # a job child that found another run of its job in progress (cli.EXIT_SKIPPED)
+BACKOFF_FIRST, BACKOFF_CAP = 1.0, 300.0  # seconds between database retries while it is faulty
 START_MARGIN_SECONDS = 60  # interpreter start, config and database on top of a job's own limit
 
 
@@ -75,6 +80,39 @@ def job_specs(loaded: LoadedConfig) -> list[JobSpec]:
     return specs
 
 
+class StoreHealth:
+    """The agent's view of its database: while it is faulty, jobs are not started and the
+    database is retried with exponential back-off (capped), and the fault is logged once
+    per change of cause, not once per job."""
+
+    def __init__(self, clock=time.monotonic):
+        self.clock = clock
+        self.fault: StoreUnavailable | None = None
+        self.failures = 0
+        self.retry_at = 0.0
+        self.lock = threading.Lock()
+
+    def usable(self) -> bool:
+        """False while backing off after a fault (no job should start)."""
+        with self.lock:
+            return self.fault is None or self.clock() >= self.retry_at
+
+    def failed(self, fault: StoreUnavailable) -> None:
+        with self.lock:
+            if self.fault is None or (fault.cause, fault.path) != (self.fault.cause, self.fault.path):
+                log.error("%s; jobs wait until it is usable again", fault.line())
+            self.fault = fault
+            self.failures += 1
+            delay = min(BACKOFF_CAP, BACKOFF_FIRST * 2 ** (self.failures - 1))
+            self.retry_at = self.clock() + delay
+
+    def ok(self) -> None:
+        with self.lock:
+            if self.fault is not None:
+                log.warning("database %s is usable again; jobs resume", self.fault.path)
+            self.fault, self.failures = None, 0
+
+
 class Daemon:
     """The long-running agent for the configuration at `config_path`."""
 
@@ -87,11 +125,29 @@ class Daemon:
         self.children_lock = threading.Lock()
         self.scheduler: BackgroundScheduler | None = None
         self.metrics_server = None
+        self.store_health = StoreHealth()
 
     # -- lifecycle ----------------------------------------------------------------------
 
     def serve(self) -> int:
-        """Run until SIGTERM/SIGINT; return the process exit status."""
+        """Run until SIGTERM/SIGINT; return the process exit status. Raise AgentError when
+        another agent holds this state directory or the database is unusable at start."""
+        state_dir = self.loaded.config.agent.state_dir
+        with ExitStack() as held:
+            try:
+                held.enter_context(locks.exclusive(locks.agent_lock(state_dir), "agent"))
+            except locks.Busy as busy:
+                holder = f"pid {busy.pid}" if busy.pid else "another process"
+                raise AgentError(f"another drcheck agent ({holder}) is already running with state directory "
+                                 f"{state_dir} (lock {busy.path}); one agent per state directory") from None
+            except OSError as exc:  # the state directory is on a read-only or full file system
+                raise AgentError(describe(self.loaded.database_path, exc).line()) from None
+            try:
+                return self._serve()
+            except STORE_ERRORS as exc:  # only at start: later faults are backed off from
+                raise AgentError(describe(self.loaded.database_path, exc).line()) from None
+
+    def _serve(self) -> int:
         signal.signal(signal.SIGTERM, lambda *_: self.stopping.set())
         signal.signal(signal.SIGINT, lambda *_: self.stopping.set())
         signal.signal(signal.SIGHUP, lambda *_: self.reload_requested.set())
@@ -184,9 +240,15 @@ class Daemon:
         no result (killed, crashed, or could not even start)."""
         if self.stopping.is_set():
             return
+        if not self.store_health.usable():
+            log.debug("%s: not started: the database is still faulty (backing off)", spec.id)
+            return
         started = utcnow()
         try:
             code = self._run_child(spec)
+        except STORE_ERRORS as exc:  # the job could not be recorded: back off, do not spin
+            self.store_health.failed(describe(self.loaded.database_path, exc))
+            return
         except Exception as exc:  # the scheduler thread must survive whatever happened
             log.exception("%s: could not run", spec.id)
             try:
@@ -205,8 +267,10 @@ class Daemon:
         marker = self._marker(spec)
         log.info("%s: starting", spec.id)
         # Its own session: on a hard timeout every process the job started (restic, ssh)
-        # is found by session id and killed.
-        child = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, start_new_session=True)
+        # is found by session id and killed. It dies with the agent (SIGKILL included), and
+        # so, in turn, do the programs it started.
+        child = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, start_new_session=True,
+                                 preexec_fn=die_with_parent())
         try:
             child.stdin.write(pickle.dumps(self.loaded))  # the config this agent runs, not the file
             child.stdin.close()
@@ -233,16 +297,21 @@ class Daemon:
 
     def _marker(self, spec: JobSpec) -> int:
         table = {"probe": "probe_runs", "restore-test": "restore_tests"}.get(spec.args[0])
-        if table is None:
-            return 0
-        with open_store(self.loaded) as store:
-            return store.db.execute(f"SELECT COALESCE(MAX(id), 0) FROM {table}").fetchone()[0]
+        with open_store(self.loaded) as store:  # also the check that the database is usable
+            marker = store.db.execute(f"SELECT COALESCE(MAX(id), 0) FROM {table}").fetchone()[0] if table else 0
+        self.store_health.ok()
+        return marker
 
     def _record_if_silent(self, spec: JobSpec, marker: int, code: int) -> None:
         """Record an error for a probe or restore test that ended without recording a result."""
         kind, name = spec.args[0], spec.args[1] if len(spec.args) > 1 else ""
         if kind not in ("probe", "restore-test"):
             return
+        if code == EXIT_SKIPPED:
+            log.warning("%s: skipped: another run of it is in progress (see its lock in %s)", spec.id,
+                        locks.lock_dir(self.loaded.config.agent.state_dir))
+            if kind == "probe":
+                return  # a skipped run recorded itself
         with open_store(self.loaded) as store:
             if kind == "restore-test":
                 reap_orphans(self.loaded, store)  # a run that died is recorded as interrupted here

@@ -165,6 +165,8 @@ class Store(LeaseStore):
                 [result.probe, result.kind, result.action, result.copy, result.status.value, result.reason,
                  ts(result.started_at), confirmed, result.duration_seconds,
                  json.dumps(result.details, default=str), self.agent]).lastrowid
+            if result.status is Status.SKIPPED:  # it did not run: the latest run and its state stand
+                return run_id
             conn.execute("INSERT INTO probe_latest (probe, action, probe_run_id) VALUES (?, ?, ?) "
                          "ON CONFLICT (probe, action) DO UPDATE SET probe_run_id = excluded.probe_run_id",
                          [result.probe, result.action, run_id])
@@ -297,6 +299,8 @@ class Store(LeaseStore):
                 "VALUES (?, ?, ?, ?, ?, ?)",
                 [(test_id, c["name"], c["status"].value, c["evidence"], c["duration_seconds"],
                   json.dumps(c["details"], default=str)) for c in checks])
+            if result.status is Status.SKIPPED:  # it did not run: evidence of nothing, hides nothing
+                return test_id
             conn.execute(
                 "INSERT INTO test_latest (system, test, last_id, passed_id, rto_id, rpo_id) VALUES (?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (system, test) DO UPDATE SET last_id = excluded.last_id, "

@@ -30,6 +30,7 @@ from pydantic import Field
 
 from drcheck.clients import SourceError
 from drcheck.config_types import ConfigPath
+from drcheck.diskspace import require_space
 from drcheck.durations import format_duration
 from drcheck.kinds import FileBackupTarget, RestoreTestTarget, probe_module
 from drcheck.mapping import Layout, discover_layout, under_any, within
@@ -135,6 +136,7 @@ def _restore_and_verify(target, ctx: RunContext, probe_cfg, result: RestoreTestR
     spot_run = (checks.SpotCheckRun(files, spot, stored=lambda p: layout.to_stored(p) or p)
                 if spot is not None and (spot.files or spot.percent) else None)
 
+    require_space(ctx.loaded.config.agent.sandbox_root, result.bytes_restored, len(files), f"{target.system}")
     with sandbox(ctx.store, ctx.loaded.config.agent.sandbox_root, ctx.name, target.target_dir) as dest, \
             (spot_run or nullcontext()), ThreadPoolExecutor(max_workers=1) as background:
         complete = None

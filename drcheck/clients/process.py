@@ -2,11 +2,15 @@
 
 Programs get a process group of their own (so a timeout kills restic and the ssh it may
 have started) but stay in the caller's session, so whoever supervises the caller (the
-agent, systemd) can kill everything it started with `kill_session`.
+agent, systemd) can kill everything it started with `kill_session`. Each program also
+dies with drcheck: it gets SIGKILL from the kernel when the drcheck thread that started it
+dies (PR_SET_PDEATHSIG), even when drcheck itself was SIGKILLed and ran no cleanup, so
+nothing keeps writing into a sandbox after its run is gone.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
@@ -17,6 +21,32 @@ from typing import Mapping, Sequence
 
 from drcheck import procfs
 from drcheck.clients import SourceError
+
+
+_PR_SET_PDEATHSIG = 1
+try:
+    _prctl = ctypes.CDLL(None, use_errno=True).prctl
+    _prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    _prctl.restype = ctypes.c_int
+except (OSError, AttributeError):  # not Linux: children are still killed by process group/session
+    _prctl = None
+
+
+def die_with_parent():
+    """Return a `preexec_fn` making the child SIGKILLed when its parent thread dies (Linux
+    PR_SET_PDEATHSIG; None elsewhere). Compatible with `process_group=0` and
+    `start_new_session=True`. A parent that died between fork and prctl is caught by
+    comparing the parent pid, so the child then kills itself at once."""
+    if _prctl is None:
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return preexec
 
 
 _running: set[int] = set()  # process groups started by run() and not yet reaped, any thread
@@ -60,7 +90,7 @@ def run(
     try:
         proc = subprocess.Popen(
             list(argv), stdout=out, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-            env=full_env, cwd=cwd, process_group=0,
+            env=full_env, cwd=cwd, process_group=0, preexec_fn=die_with_parent(),
         )
     except (FileNotFoundError, PermissionError) as exc:
         raise CommandNotFound(f"{argv[0]}: {exc.strerror}") from None

@@ -272,3 +272,42 @@ def test_metrics_address_in_use_is_a_clear_error(lab):
     assert done.returncode == 1
     assert f"cannot serve metrics on 127.0.0.1:{port}" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_faulty_database_is_backed_off_from_exported_and_recovered_from(lab, agent):
+    import sqlite3
+
+    lab.backup()
+    port = free_port()
+    lab.configure(probes={"repo": {"snapshots": {"schedule": {"interval": "1s"}}}},
+                  metrics={"enabled": True, "listen": f"127.0.0.1:{port}"}, agent={"database_timeout": "1s"})
+    a = agent()
+    wait_for(lambda: count(lab, "SELECT COUNT(*) AS n FROM probe_runs") >= 2, what="probe runs")
+    assert metric_value(wait_for(lambda: _try_scrape(port), what="metrics"), "drcheck_store_up") == 1
+
+    saved = lab.root / "saved.db"
+    with sqlite3.connect(lab.database) as source, sqlite3.connect(saved) as copy:
+        source.backup(copy)  # a consistent copy, WAL included
+    source.close()
+    copy.close()
+    lab.database.write_bytes(os.urandom(32 * 1024))  # damaged under the running agent
+
+    down = wait_for(lambda: (t := _try_scrape(port)) and "drcheck_store_up 0.0" in t and t, what="store_up 0")
+    assert 'drcheck_store_error_info{cause="damaged"} 1.0' in down
+    wait_for(lambda: a.text().count("is damaged") >= 1, what="the fault in the log")
+    before = a.text().count("is damaged: file is not a database (")
+    assert a.alive()
+
+    for suffix in ("-wal", "-shm"):
+        Path(f"{lab.database}{suffix}").unlink(missing_ok=True)
+    lab.database.write_bytes(saved.read_bytes())  # fixed
+    runs = count(lab, "SELECT COUNT(*) AS n FROM probe_runs")
+    wait_for(lambda: count(lab, "SELECT COUNT(*) AS n FROM probe_runs") > runs + 1, timeout=600,
+             what="jobs to record again")
+    wait_for(lambda: "drcheck_store_up 1.0" in (_try_scrape(port) or ""), what="store_up 1")
+    assert "is usable again; jobs resume" in a.text()
+    # logged once per change by the agent itself (children print their own line each)
+    agent_lines = [line for line in a.text().splitlines() if "ERROR drcheck.scheduler" in line and "is damaged" in line]
+    assert len(agent_lines) == 1, agent_lines
+    assert before >= 1
+    assert a.stop() == 0

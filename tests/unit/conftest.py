@@ -107,6 +107,9 @@ def write_config(directory: Path, config: dict | None = None, runbooks: dict | N
         (runbooks_dir / f"{system}.toml").write_text(tomli_w.dumps(data))
     path = directory / "drcheck.toml"
     path.write_text(tomli_w.dumps(valid_config() if config is None else config))
+    secret = directory / "secrets" / "restic-password"  # the file secret of the valid config exists
+    secret.parent.mkdir(exist_ok=True)
+    secret.write_text("not a real password\n")
     return path
 
 
