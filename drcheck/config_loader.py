@@ -174,13 +174,18 @@ def _runbook_stems(directory: Path) -> set[str]:
 def format_error(model: type[BaseModel], path: Path, error: dict[str, Any]) -> str:
     """Render one pydantic error as "<file>: <key.path>: <message>"."""
     parts, parent = _walk(model, error["loc"])
-    key_path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in parts).lstrip(".")
     kind = error["type"]
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        # with two kinds or more, a bad `kind` fails the whole table's union: name the key
+        parts = [*parts, error.get("ctx", {}).get("discriminator", "'kind'").strip("'")]
+    key_path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in parts).lstrip(".")
     if kind == "extra_forbidden":
         allowed = ", ".join(sorted(_fields(parent))) if parent else ""
         message = "unknown key" + (f" (expected one of: {allowed})" if allowed else "")
-    elif kind == "missing":
+    elif kind in ("missing", "union_tag_not_found"):
         message = "required key is missing"
+    elif kind == "union_tag_invalid":
+        message = f"Input should be one of {error['ctx']['expected_tags']} (got {error['ctx']['tag']!r})"
     else:
         message = error["msg"].removeprefix("Value error, ")
         value = error.get("input")
