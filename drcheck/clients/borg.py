@@ -191,7 +191,8 @@ def parse_messages(stderr: str) -> list[Message]:
         if not isinstance(record, dict):
             messages.append(Message("TEXT", line.strip()))
             continue
-        text = str(record.get("message", "")).split("\n", 1)[0].strip()
+        lines = [part.strip() for part in str(record.get("message", "")).splitlines() if part.strip()]
+        text = lines[0] if lines else ""
         messages.append(Message(str(record.get("levelname", "")), text, str(record.get("msgid") or ""),
                                 str(record.get("type", ""))))
     return messages
@@ -329,8 +330,8 @@ class BorgRepository:
             raise BorgError(str(exc)) from None
         if done.returncode == 0 or (done.returncode == 1 and problems_rc != 1):
             for message in parse_messages(done.stderr):
-                if message.level in ("WARNING", "ERROR"):
-                    log.warning("borg %s: %s", args[0], message.text)
+                if message.level in ("WARNING", "ERROR") and message.text:
+                    log.log(logging.INFO if args[0] == "init" else logging.WARNING, "borg %s: %s", args[0], message.text)
             return done
         reason, damaged = explain_failure(done.stderr, done.returncode, done.returncode == problems_rc)
         raise BorgError(reason, damaged=damaged)
