@@ -18,7 +18,7 @@ from prometheus_client.registry import Collector
 
 from drcheck import __version__
 from drcheck.config_loader import LoadedConfig
-from drcheck.store import CURRENT_FINDINGS, CURRENT_POINTS, Store, newest_per
+from drcheck.store import CURRENT_FINDINGS, Store, current_points_sql, newest_per
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ class StoreCollector(Collector):
         newest = _gauge("drcheck_restore_point_newest_timestamp_seconds",
                         "time of the newest restore point of a system in a copy", ["system", "copy"])
         points = _gauge("drcheck_restore_points", "restore points of a system in a copy", ["system", "copy"])
-        for row in conn.execute(CURRENT_POINTS):
+        for row in conn.execute(current_points_sql()):
             if row["probe"] not in cfg.probes:
                 continue
             when = _epoch(row["point_time"])

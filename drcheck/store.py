@@ -10,6 +10,8 @@ Timestamps are stored as UTC ISO-8601 text (sortable) and returned as aware date
 
 from __future__ import annotations
 
+import functools
+
 import json
 import logging
 import os
@@ -123,8 +125,24 @@ LAST_PASSED_TESTS = newest_per("restore_tests", "system, test", "status = 'passe
 # runs whose findings and points are current: the latest run of each probe and action,
 # and for points the latest listing that could read its repository
 _LATEST_RUN_IDS = "SELECT MAX(id) AS id FROM probe_runs GROUP BY probe, action"
-CURRENT_POINTS = f"""SELECT rp.* FROM restore_points rp
-JOIN ({newest_per("probe_runs", "probe", "action = 'snapshots' AND status != 'error'")}) run
+
+
+@functools.cache
+def current_points_sql() -> str:
+    """SQL for the current restore points: those of each probe's latest listing run (an
+    action its kind declares in LISTS_POINTS) that could read its repository. Built on first
+    use from the registry (kind modules import the store: not at import time)."""
+    from drcheck.kinds import probe_module
+    from drcheck.probes import REGISTRY
+
+    def quoted(name: str) -> str:
+        return "'" + name.replace("'", "''") + "'"
+
+    listing = " OR ".join(
+        f"(kind = {quoted(kind)} AND action IN ({', '.join(map(quoted, sorted(actions)))}))"
+        for kind in REGISTRY if (actions := probe_module(kind).LISTS_POINTS))
+    return f"""SELECT rp.* FROM restore_points rp
+JOIN ({newest_per("probe_runs", "probe", f"({listing or '0'}) AND status != 'error'")}) run
 ON rp.probe_run_id = run.id"""
 CURRENT_FINDINGS = f"SELECT f.* FROM findings f JOIN ({_LATEST_RUN_IDS}) run ON f.probe_run_id = run.id"
 
@@ -295,7 +313,7 @@ class Store:
         """The restore points each probe's latest successful listing reported (one per
         system it maps). A system the probe no longer finds has none; a probe that is
         failing to connect keeps its last known points, ageing."""
-        return self.query(CURRENT_POINTS + " ORDER BY rp.system, rp.copy")
+        return self.query(current_points_sql() + " ORDER BY rp.system, rp.copy")
 
     def latest_point_id(self, system: str, copy: str) -> str | None:
         """The id of the newest restore point a probe last reported for (system, copy)."""

@@ -53,6 +53,9 @@ def test_archives_are_listed_and_mapped_to_systems(borg_lab):
     assert codes.keys() == {"unmapped_archives", "archive_paths_unknown"}
     assert "2 archive(s)" in codes["unmapped_archives"] and "mystery" in codes["archive_paths_unknown"]
     assert lab.rows("SELECT point_id, point_count FROM restore_points")[-1] == {"point_id": newest, "point_count": 2}
+    status = json.loads(lab.cli("status", "--json").stdout)  # `archives` is this kind's listing action
+    (system,) = status["systems"]
+    assert [(p["copy"], p["point_id"]) for p in system["points"]] == [("borg", newest)]
 
     # a rule on the host alone takes every archive with a readable path of the source
     lab.configure(probes={"repo": {"systems": [
