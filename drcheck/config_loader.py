@@ -149,7 +149,30 @@ def _validate(model: type[BaseModel], data: dict, path: Path, errors: list[str])
     except ValidationError as exc:
         for error in exc.errors(include_url=False):
             errors.append(format_error(model, path, error))
+            if error["type"] in ("union_tag_invalid", "union_tag_not_found"):
+                errors += [format_error(model, path, e) for e in _shared_key_errors(model, data, error["loc"], path)]
         return None
+
+
+def _shared_key_errors(model: type[BaseModel], data: dict, loc: tuple, path: Path) -> list[dict]:
+    """A table whose `kind` is wrong or missing validates as no kind, which would hide its
+    other mistakes: validate it as every kind and return the errors (located in the table)
+    that every kind reports, i.e. mistakes whatever kind was meant."""
+    field = model.model_fields.get(loc[0]) if len(loc) == 2 else None
+    table = data.get(loc[0], {}).get(loc[1]) if field and isinstance(data.get(loc[0]), dict) else None
+    if not isinstance(table, dict):
+        return []
+    members = typing.get_args(_unwrap(typing.get_args(_unwrap(field.annotation))[-1]))
+    models = [m for m in members if isinstance(m, type) and issubclass(m, BaseModel)]
+    found: list[dict[tuple, dict]] = []
+    for member in models:
+        try:
+            member.model_validate({**table, "kind": _kind_of(member)}, context={"base_dir": path.parent})
+            return []  # valid as some kind: nothing else is certainly wrong
+        except ValidationError as exc:
+            found.append({tuple(e["loc"]): e for e in exc.errors(include_url=False)})
+    common = [key for key in found[0] if all(key in other for other in found[1:])] if found else []
+    return [dict(found[0][key], loc=(*loc, _kind_of(models[0]), *key)) for key in common]
 
 
 def _load_runbooks(directory: Path, config_path: Path, errors: list[str]) -> dict[str, Runbook]:

@@ -150,6 +150,14 @@ def test_wrong_probe_kind(builders, errors_for):
     assert error.endswith("(got 'tape')")
 
 
+def test_wrong_probe_kind_does_not_hide_the_tables_other_mistakes(builders, errors_for):
+    cfg = builders.valid_config()
+    cfg["probes"]["local-repo"]["kind"] = "tape"
+    cfg["probes"]["local-repo"]["copy"] = 7
+    errors = errors_for(cfg)
+    assert [e.split(":")[1].strip() for e in errors] == ["probes.local-repo.kind", "probes.local-repo.copy"]
+
+
 def test_missing_probe_kind(builders, errors_for):
     cfg = builders.valid_config()
     del cfg["probes"]["local-repo"]["kind"]
