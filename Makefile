@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-DEMO_DEBS := restic sqlite3 ca-certificates
+DEMO_DEBS := restic borgbackup sqlite3 ca-certificates
 TEST_DEBS := $(DEMO_DEBS) chromium fonts-dejavu-core
 
 .PHONY: demo test bench run clean system-python

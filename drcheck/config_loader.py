@@ -149,7 +149,30 @@ def _validate(model: type[BaseModel], data: dict, path: Path, errors: list[str])
     except ValidationError as exc:
         for error in exc.errors(include_url=False):
             errors.append(format_error(model, path, error))
+            if error["type"] in ("union_tag_invalid", "union_tag_not_found"):
+                errors += [format_error(model, path, e) for e in _shared_key_errors(model, data, error["loc"], path)]
         return None
+
+
+def _shared_key_errors(model: type[BaseModel], data: dict, loc: tuple, path: Path) -> list[dict]:
+    """A table whose `kind` is wrong or missing validates as no kind, which would hide its
+    other mistakes: validate it as every kind and return the errors (located in the table)
+    that every kind reports, i.e. mistakes whatever kind was meant."""
+    field = model.model_fields.get(loc[0]) if len(loc) == 2 else None
+    table = data.get(loc[0], {}).get(loc[1]) if field and isinstance(data.get(loc[0]), dict) else None
+    if not isinstance(table, dict):
+        return []
+    members = typing.get_args(_unwrap(typing.get_args(_unwrap(field.annotation))[-1]))
+    models = [m for m in members if isinstance(m, type) and issubclass(m, BaseModel)]
+    found: list[dict[tuple, dict]] = []
+    for member in models:
+        try:
+            member.model_validate({**table, "kind": _kind_of(member)}, context={"base_dir": path.parent})
+            return []  # valid as some kind: nothing else is certainly wrong
+        except ValidationError as exc:
+            found.append({tuple(e["loc"]): e for e in exc.errors(include_url=False)})
+    common = [key for key in found[0] if all(key in other for other in found[1:])] if found else []
+    return [dict(found[0][key], loc=(*loc, _kind_of(models[0]), *key)) for key in common]
 
 
 def _load_runbooks(directory: Path, config_path: Path, errors: list[str]) -> dict[str, Runbook]:
@@ -174,13 +197,18 @@ def _runbook_stems(directory: Path) -> set[str]:
 def format_error(model: type[BaseModel], path: Path, error: dict[str, Any]) -> str:
     """Render one pydantic error as "<file>: <key.path>: <message>"."""
     parts, parent = _walk(model, error["loc"])
-    key_path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in parts).lstrip(".")
     kind = error["type"]
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        # with two kinds or more, a bad `kind` fails the whole table's union: name the key
+        parts = [*parts, error.get("ctx", {}).get("discriminator", "'kind'").strip("'")]
+    key_path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in parts).lstrip(".")
     if kind == "extra_forbidden":
         allowed = ", ".join(sorted(_fields(parent))) if parent else ""
         message = "unknown key" + (f" (expected one of: {allowed})" if allowed else "")
-    elif kind == "missing":
+    elif kind in ("missing", "union_tag_not_found"):
         message = "required key is missing"
+    elif kind == "union_tag_invalid":
+        message = f"Input should be one of {error['ctx']['expected_tags']} (got {error['ctx']['tag']!r})"
     else:
         message = error["msg"].removeprefix("Value error, ")
         value = error.get("input")

@@ -7,4 +7,5 @@ list of kinds: a new kind is its module, its client, one line here and its tests
 
 REGISTRY: dict[str, str] = {
     "restic": "drcheck.probes.restic",
+    "borg": "drcheck.probes.borg",
 }

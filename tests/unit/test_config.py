@@ -144,8 +144,24 @@ def test_missing_required_keys(builders, errors_for):
 
 def test_wrong_probe_kind(builders, errors_for):
     cfg = builders.valid_config()
-    cfg["probes"]["local-repo"]["kind"] = "borg"
-    assert errors_for(cfg) == ["drcheck.toml: probes.local-repo.kind: Input should be 'restic'"]
+    cfg["probes"]["local-repo"]["kind"] = "tape"
+    (error,) = errors_for(cfg)
+    assert error.startswith("drcheck.toml: probes.local-repo.kind: Input should be one of 'restic'")
+    assert error.endswith("(got 'tape')")
+
+
+def test_wrong_probe_kind_does_not_hide_the_tables_other_mistakes(builders, errors_for):
+    cfg = builders.valid_config()
+    cfg["probes"]["local-repo"]["kind"] = "tape"
+    cfg["probes"]["local-repo"]["copy"] = 7
+    errors = errors_for(cfg)
+    assert [e.split(":")[1].strip() for e in errors] == ["probes.local-repo.kind", "probes.local-repo.copy"]
+
+
+def test_missing_probe_kind(builders, errors_for):
+    cfg = builders.valid_config()
+    del cfg["probes"]["local-repo"]["kind"]
+    assert errors_for(cfg) == ["drcheck.toml: probes.local-repo.kind: required key is missing"]
 
 
 def test_system_mapping_needs_a_criterion(builders, errors_for):
