@@ -21,7 +21,7 @@ from rich.table import Table
 
 from drcheck import __version__
 from drcheck.config_loader import ConfigError, LoadedConfig, find_config, load
-from drcheck.console import ProgressView, err, local, out, print_status_table, styled
+from drcheck.console import ProgressView, err, local, out, print_leases_left, print_status_table, styled
 from drcheck.durations import format_duration
 from drcheck.results import utcnow
 
@@ -230,12 +230,70 @@ def status(state: State, as_json: bool) -> None:
     loaded = state.loaded()
     with state.store() as store:
         statuses = system_statuses(loaded, store, utcnow())
+        left = store.orphaned_leases()  # resources of dead runs the reaper could not remove yet
     if as_json:
-        click.echo(json.dumps({"generated_at": utcnow().isoformat(), "systems": [s.to_json() for s in statuses]},
-                              indent=2))
+        click.echo(json.dumps({"generated_at": utcnow().isoformat(), "systems": [s.to_json() for s in statuses],
+                               "leases_left_behind": [_lease_json(lease) for lease in left]}, indent=2))
     else:
         print_status_table(loaded, statuses)
-    sys.exit(0 if all(s.ok for s in statuses) else 1)
+        print_leases_left(left)
+    sys.exit(0 if all(s.ok for s in statuses) and not left else 1)
+
+
+def _lease_json(lease: dict) -> dict:
+    keys = ("id", "kind", "resource", "owner", "pid", "host", "created_at", "attempts", "last_error")
+    return {k: lease.get(k) for k in keys}
+
+
+@cli.group("store")
+def store_group() -> None:
+    """Housekeeping of the evidence store: leftovers of dead runs, old probe history."""
+
+
+@store_group.command("reap")
+@click.option("--json", "as_json", is_flag=True, help="print the leases released and those left as JSON")
+@pass_state
+def store_reap(state: State, as_json: bool) -> None:
+    """Clean up now what dead runs left behind (sandboxes and every other leased resource,
+    also of kinds no longer configured); the agent does this at start and on
+    `store.reap_schedule`. Exit 1 when something could not be cleaned yet."""
+    from drcheck.engine import reap_orphans
+
+    loaded = state.loaded()
+    with state.store() as store:
+        reaped = reap_orphans(loaded, store)
+        left = store.orphaned_leases()
+    if as_json:
+        click.echo(json.dumps({"released": [_lease_json(lease) for lease in reaped],
+                               "left_behind": [_lease_json(lease) for lease in left]}, indent=2))
+    else:
+        for lease in reaped:
+            out.print(f"removed {lease['kind']} {lease['resource']} (left by {lease['owner']}, pid {lease['pid']})",
+                      markup=False, highlight=False)
+        print_leases_left(left)
+        if not reaped and not left:
+            out.print("nothing left behind")
+    sys.exit(1 if left else 0)
+
+
+@store_group.command("compact")
+@click.option("--keep-days", type=click.IntRange(min=7), metavar="DAYS",
+              help="compact only probe history older than this (default: store.retention.keep_days)")
+@click.option("--json", "as_json", is_flag=True, help="print what was removed as JSON")
+@pass_state
+def store_compact(state: State, keep_days: int | None, as_json: bool) -> None:
+    """Remove probe history that adds no evidence (the middle of long streaks of identical
+    probe runs), older than the retention. Restore tests, checks, restore-point and finding
+    changes are always kept; each compaction is itself recorded."""
+    loaded = state.loaded()
+    days = keep_days or loaded.config.store.retention.keep_days
+    with state.store() as store:
+        summary = store.compact(days)
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    else:
+        removed = ", ".join(f"{n} {table}" for table, n in summary["removed"].items() if n) or "nothing"
+        out.print(f"compacted probe history before {summary['cutoff']}: removed {removed}", markup=False)
 
 
 @cli.group()

@@ -104,6 +104,33 @@ class ReportsConfig(Strict):
     )
 
 
+class RetentionConfig(Strict):
+    """Compaction of old probe history (`drcheck store compact`). Every restore test,
+    check, restore-point change and finding change is kept whatever the age; what goes is
+    the middle of long streaks of identical probe runs older than `keep_days`."""
+
+    keep_days: int = Field(90, strict=True, ge=7, description="probe history younger than this is never compacted")
+    schedule: Schedule | None = Field(
+        None, description="compact on this schedule (default: only `drcheck store compact`); it holds the "
+                          "database's write lock while it runs, so pick a quiet hour"
+    )
+
+
+def _every_15_minutes() -> Schedule:
+    return Schedule(interval=timedelta(minutes=15))
+
+
+class StoreConfig(Strict):
+    """Housekeeping of the evidence store (`agent.state_dir/drcheck.db`)."""
+
+    reap_schedule: Schedule | None = Field(
+        default_factory=_every_15_minutes,
+        description="retry cleaning up what dead runs left (sandboxes, VMs, mounts) on this schedule, "
+                    "besides at every start",
+    )
+    retention: RetentionConfig = Field(default_factory=RetentionConfig, description="compaction of old probe runs")
+
+
 class SiteConfig(Strict):
     """A physical location holding systems or copies."""
 
@@ -138,6 +165,7 @@ class Config(Strict):
     agent: AgentConfig = Field(default_factory=AgentConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     reports: ReportsConfig = Field(default_factory=ReportsConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
     sites: dict[Name, SiteConfig] = Field(default_factory=dict)
     copies: dict[Name, CopyConfig] = Field(default_factory=dict)
     probes: dict[Name, ProbeTargets] = Field(default_factory=dict)

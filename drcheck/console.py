@@ -50,6 +50,17 @@ def print_status_table(loaded: LoadedConfig, statuses) -> None:
                 out.print(f"  • {rule.message}  [{rule.rule}]", markup=False, highlight=False)
 
 
+def print_leases_left(leases: list[dict]) -> None:
+    """Print the resources dead runs left that could not be cleaned up yet (retried)."""
+    if not leases:
+        return
+    out.print(f"[bold red]{len(leases)} resource(s) left behind by dead runs[/] (cleanup is retried):")
+    for lease in leases:
+        error = f" — {lease['last_error']}" if lease.get("last_error") else ""
+        out.print(f"  • {lease['kind']} {lease['resource']} of {lease['owner']} (pid {lease['pid']}, "
+                  f"{lease.get('attempts') or 0} attempt(s)){error}", markup=False, highlight=False)
+
+
 def local(loaded: LoadedConfig, when, fmt: str = "%Y-%m-%d %H:%M %Z") -> str:
     from zoneinfo import ZoneInfo
 

@@ -77,6 +77,10 @@ def job_specs(loaded: LoadedConfig) -> list[JobSpec]:
             specs.append(JobSpec(f"canary:{name}", ("canary", "plant", name), test.canary.plant_schedule, 120))
     if cfg.reports.weekly_schedule:
         specs.append(JobSpec("report:weekly", ("report", "weekly"), cfg.reports.weekly_schedule, default))
+    if cfg.store.reap_schedule:
+        specs.append(JobSpec("store:reap", ("store", "reap"), cfg.store.reap_schedule, default))
+    if cfg.store.retention.schedule:
+        specs.append(JobSpec("store:compact", ("store", "compact"), cfg.store.retention.schedule, default))
     return specs
 
 
