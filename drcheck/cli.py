@@ -151,8 +151,9 @@ def probe(state: State, name: str, action: str | None, as_json: bool, timeout: f
     arm_timeout(timeout)
     with state.store() as store, err.status(f"probing {name}…"):
         result = run_probe(loaded, store, name, action)
+        verdicts = _probe_verdicts(loaded, store, name) if result.lists_points else []
     if as_json:
-        click.echo(json.dumps(_probe_json(result), indent=2))
+        click.echo(json.dumps({**_probe_json(result), "rules": [v.to_json() for v in verdicts]}, indent=2))
     else:
         table = Table("system", "copy", "newest restore point", "age", "points", title=f"{name} ({result.action})")
         for p in result.newest:
@@ -163,9 +164,24 @@ def probe(state: State, name: str, action: str | None, as_json: bool, timeout: f
             out.print(table)
         for f in result.findings:
             out.print(f"[{'red' if f.severity.value == 'critical' else 'yellow'}]{f.severity.value}[/]: {escape(f.message)}")
+        for v in verdicts:
+            if not v.passed:
+                out.print(f"[red]{v.severity.value}[/]: {escape(v.message)} [dim]{v.rule}[/]")
         out.print(f"{name}: {styled(result.status.value)} in {result.duration_seconds:.1f}s"
                   + (f" — {escape(result.reason)}" if result.reason else ""))
-    sys.exit(_exit_for(result.status))
+    code = _exit_for(result.status)
+    sys.exit(1 if code == 0 and any(not v.passed for v in verdicts) else code)
+
+
+def _probe_verdicts(loaded: LoadedConfig, store, name: str) -> list:
+    """The rule results about what probe `name` just listed: each covered system's backup
+    age in the probe's copy (the rules judge; the probe only reports facts)."""
+    from drcheck.rules import evaluate
+
+    probe = loaded.config.probes[name]
+    covered = probe.systems_covered()
+    return [r for r in evaluate(loaded, store, utcnow())
+            if r.system in covered and r.rule == "R2.backup_age" and r.subject == probe.copy]
 
 
 @cli.command("restore-test")

@@ -56,11 +56,6 @@ RULES: dict[str, Rule] = {r.id: r for r in (
     Rule("P2.probe_up", "every probe of the system can read its source", Severity.CRITICAL, ("NIST CP-9a-c",)),
 )}
 
-# Probe findings the rules above derive themselves from the restore points; counting them
-# again under R10.source_findings would judge one fact twice.
-DERIVED_FINDINGS = frozenset({"rpo_breach", "no_restore_point"})
-
-
 @dataclass(frozen=True)
 class RuleResult:
     """One rule judged for one system (or for the agent, system None)."""
@@ -114,8 +109,7 @@ class Facts:
         facts.measured = {column: {(r["system"], r["test"]): r for r in store.latest_measuring(column)}
                           for column in ("rto_seconds", "rpo_seconds")}
         for row in store.findings_of_latest_runs():
-            if row["probe"] in cfg.probes and row["system"] and row["severity"] == Severity.CRITICAL.value \
-                    and row["code"] not in DERIVED_FINDINGS:
+            if row["probe"] in cfg.probes and row["system"] and row["severity"] == Severity.CRITICAL.value:
                 facts.findings.setdefault(row["system"], []).append(row)
         return facts
 

@@ -24,7 +24,7 @@ from drcheck.clients import SourceError
 from drcheck.clients.borg import Archive, BorgError, BorgRepository
 from drcheck.config_types import (SECRET_HINT, SECRETISH_NAME, ConfigPath, Duration, EnvValue, SecretSpec,
                                   resolve_path)
-from drcheck.durations import format_duration
+from drcheck.coverage import PointFacts, WrongSourceConfig, wrong_source
 from drcheck.kinds import ActionConfig, FileBackupTarget, action_timeout
 from drcheck.mapping import SystemMapping, by_system
 from drcheck.results import Finding, ProbeResult, RestorePoint, Severity, SnapshotFile, Status
@@ -69,6 +69,9 @@ class BorgProbe(FileBackupTarget):
     archives: ActionConfig = Field(
         default_factory=ActionConfig, description="list archives and map them to systems (default limit 10m)")
     check: ArchiveCheck = Field(default_factory=ArchiveCheck, description="repository integrity check")
+    wrong_source: WrongSourceConfig = Field(
+        default_factory=WrongSourceConfig,
+        description="judge whether each system's newest archive still covers the system's paths")
 
     @field_validator("repository", mode="after")
     @classmethod
@@ -135,24 +138,19 @@ def archives(target: BorgProbe, ctx: RunContext) -> ProbeResult:
         result.finished_at = ctx.now()
         return result
     grouped = by_system(listed, target.systems)
-    runbooks = ctx.loaded.runbooks
     for system in sorted(target.systems_covered()):
         points = grouped.get(system, [])
-        if not points:
-            result.findings.append(Finding(Severity.CRITICAL, "no_restore_point",
-                                           f"no archive in {target.copy} matches {system}", system))
+        if not points:  # a fact for the rules (R2.backup_age), which judge it: no finding here
             continue
         newest = points[-1]
         result.point_counts[system] = len(points)
         result.newest.append(RestorePoint(system=system, copy=target.copy, point_time=newest.time,
                                           point_id=newest.name, host=newest.hostname, paths=newest.paths))
-        age = (started - newest.time).total_seconds()
-        rpo = runbooks[system].rpo.total_seconds() if system in runbooks else None
-        if rpo is not None and age > rpo:
-            result.findings.append(Finding(
-                Severity.CRITICAL, "rpo_breach",
-                f"newest archive of {system} in {target.copy} is {format_duration(age)} old, "
-                f"RPO target {format_duration(rpo)}", system))
+        if newest.paths:  # borg records no paths; read from the archive's command line when certain
+            finding = wrong_source(system, target.copy, [str(p) for p in target.source_paths(system)],
+                                   PointFacts(newest.name, newest.paths), None, target.wrong_source)
+            if finding:
+                result.findings.append(finding)
     mapped = {id(a) for points in grouped.values() for a in points}
     unmapped = [a for a in listed if id(a) not in mapped]
     if unmapped:

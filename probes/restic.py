@@ -19,7 +19,6 @@ from drcheck.clients import SourceError
 from drcheck.clients.restic import ResticRepository, Snapshot
 from drcheck.config_types import SECRET_HINT, SECRETISH_NAME, EnvValue, SecretSpec, resolve_path
 from drcheck.coverage import PointFacts, WrongSourceConfig, wrong_source
-from drcheck.durations import format_duration
 from drcheck.kinds import ActionConfig, FileBackupTarget, action_timeout
 from drcheck.mapping import by_identity, under_any
 from drcheck.results import Finding, ProbeResult, RestorePoint, Severity, SnapshotFile, Status
@@ -149,7 +148,9 @@ def _sizes(target: ResticProbe, ctx: RunContext, repo: ResticRepository, wanted:
 
 
 def snapshots(target: ResticProbe, ctx: RunContext) -> ProbeResult:
-    """List snapshots, map them to systems and flag systems without a point within RPO."""
+    """List snapshots and map them to systems: each system's newest point and count. Facts
+    only: how old is too old is the rules' judgement (R2.backup_age), made once. A newest
+    point taken of the wrong source is a CRITICAL finding (it is about the point itself)."""
     started = ctx.now()
     result = ProbeResult(probe=ctx.name, kind="restic", action="snapshots", status=Status.OK,
                          started_at=started, finished_at=started, copy=target.copy)
@@ -164,12 +165,9 @@ def snapshots(target: ResticProbe, ctx: RunContext) -> ProbeResult:
     judged = target.wrong_source
     wanted = [s for snaps in grouped.values() for s in snaps[-2:]] if judged.enabled and judged.min_fraction else []
     sizes = _sizes(target, ctx, repo, wanted, result)
-    runbooks = ctx.loaded.runbooks
     for system in sorted({rule.system for rule in target.systems}):
         snaps = grouped.get(system, [])
-        if not snaps:
-            result.findings.append(Finding(Severity.CRITICAL, "no_restore_point",
-                                           f"no snapshot in {target.copy} matches {system}", system))
+        if not snaps:  # a fact for the rules (R2.backup_age), which judge it: no finding here
             continue
         newest = snaps[-1]
         result.point_counts[system] = len(snaps)
@@ -182,13 +180,6 @@ def snapshots(target: ResticProbe, ctx: RunContext) -> ProbeResult:
                                facts[-1], facts[0] if len(facts) == 2 else None, judged)
         if finding:
             result.findings.append(finding)
-        age = (started - newest.time).total_seconds()
-        rpo = runbooks[system].rpo.total_seconds() if system in runbooks else None
-        if rpo is not None and age > rpo:
-            result.findings.append(Finding(
-                Severity.CRITICAL, "rpo_breach",
-                f"newest snapshot of {system} in {target.copy} is {format_duration(age)} old, "
-                f"RPO target {format_duration(rpo)}", system))
     mapped = {id(s) for points in grouped.values() for s in points}
     unmapped = [s for s in snapshots if id(s) not in mapped]
     if unmapped:
