@@ -18,8 +18,10 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    ValidationError,
     ValidationInfo,
     WithJsonSchema,
+    WrapValidator,
     field_validator,
     model_validator,
 )
@@ -139,6 +141,41 @@ EnvValue = Annotated[
         }
     ),
 ]
+
+
+def _no_inline_secrets(value: Any, handler) -> dict[str, Any]:
+    # one error per inline secret, at <key>.<NAME>, reported together with the other errors
+    # of the table; the value itself is never included
+    inline = [
+        name for name, item in (value.items() if isinstance(value, dict) else ())
+        if isinstance(item, (str, int, float)) and not isinstance(item, bool)
+        and isinstance(name, str) and SECRETISH_NAME.search(name)
+    ]
+    try:
+        result, other = handler(value), []
+    except ValidationError as exc:
+        if not inline:
+            raise
+        other = [{k: e[k] for k in ("type", "loc", "input", "ctx") if k in e} for e in exc.errors()]
+    if inline:
+        problem = ValueError(f"inline secrets are not allowed; {SECRET_HINT}")
+        raise ValidationError.from_exception_data(
+            "environment",
+            other + [{"type": "value_error", "loc": (name,), "input": "<hidden>", "ctx": {"error": problem}}
+                     for name in inline],
+        )
+    return result
+
+
+Environment = Annotated[dict[str, EnvValue], WrapValidator(_no_inline_secrets)]
+"""Extra environment for a backup tool: plain values, or secret references; a plain value
+under a name that looks secret (…PASSWORD, …KEY, …TOKEN) is refused as an inline secret."""
+
+
+def environment_for_client(environment: dict[str, Any]) -> dict[str, Any]:
+    """The environment a client takes: plain strings, and `SecretRef`s it reveals only in
+    the child process's environment."""
+    return {k: (v.ref() if isinstance(v, SecretSpec) else v) for k, v in environment.items()}
 
 
 class Schedule(Strict):

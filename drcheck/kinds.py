@@ -17,7 +17,7 @@ import importlib
 import inspect
 from datetime import timedelta
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Protocol, Sequence, runtime_checkable
 
 from pydantic import BaseModel, Field
 
@@ -100,6 +100,25 @@ def action_timeout(target: ProbeTarget, action: str, job_timeout: timedelta) -> 
     if settings.timeout is not None:
         return settings.timeout
     return probe_module(target.kind).ACTION_TIMEOUTS.get(action, job_timeout)
+
+
+def integrity_check(target: ProbeTarget, ctx: "RunContext", run: "Callable[[float], str]",
+                    details: dict[str, Any]) -> "ProbeResult":
+    """The shared shape of every kind's `check` action: `run(limit_seconds)` calls the
+    client's integrity check and returns its summary. Damaged data (a `SourceError` with
+    `damaged`) is FAILED keeping the tool's own words; anything that kept the tool from
+    checking is ERROR."""
+    from drcheck.clients import SourceError
+    from drcheck.results import ProbeResult, Status
+
+    result = ProbeResult.begin(ctx, target, "check")
+    try:
+        result.reason = run(action_timeout(target, "check", ctx.loaded.config.agent.job_timeout).total_seconds())
+    except SourceError as exc:
+        result.status = Status.FAILED if exc.damaged else Status.ERROR
+        result.reason = f"repository check failed: {exc}" if exc.damaged else str(exc)
+    result.details = details
+    return result.conclude(ctx)
 
 
 # -- module protocols ------------------------------------------------------------------

@@ -121,6 +121,22 @@ class ProbeResult:
     def duration_seconds(self) -> float:
         return (self.finished_at - self.started_at).total_seconds()
 
+    @classmethod
+    def begin(cls, ctx, target, action: str) -> "ProbeResult":
+        """An OK result of `action` of the probe `ctx` runs, starting now."""
+        started = ctx.now()
+        return cls(probe=ctx.name, kind=target.kind, action=action, status=Status.OK,
+                   started_at=started, finished_at=started, copy=target.copy)
+
+    def conclude(self, ctx) -> "ProbeResult":
+        """End the result now: FAILED (reason: their messages) when a CRITICAL finding was
+        made and it is not already an error. Return it."""
+        critical = [f.message for f in self.findings if f.severity is Severity.CRITICAL]
+        if critical and self.status is Status.OK:
+            self.status, self.reason = Status.FAILED, "; ".join(critical)
+        self.finished_at = ctx.now()
+        return self
+
     @property
     def lists_points(self) -> bool:
         """True when this run's action lists the copy's restore points (its kind declares

@@ -16,16 +16,16 @@ import logging
 import re
 from datetime import timedelta, timezone
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
-from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from drcheck.clients import SourceError
 from drcheck.clients.borg import Archive, BorgError, BorgRepository
-from drcheck.config_types import (SECRET_HINT, SECRETISH_NAME, ConfigPath, Duration, EnvValue, SecretSpec,
+from drcheck.config_types import (SECRET_HINT, ConfigPath, Duration, Environment, SecretSpec, environment_for_client,
                                   resolve_path)
 from drcheck.coverage import PointFacts, WrongSourceConfig, wrong_source
-from drcheck.kinds import ActionConfig, FileBackupTarget, action_timeout
+from drcheck.kinds import ActionConfig, FileBackupTarget, integrity_check
 from drcheck.mapping import SystemMapping, by_system
 from drcheck.results import Finding, ProbeResult, RestorePoint, Severity, SnapshotFile, Status
 from drcheck.sandbox import SandboxRefused, check_entry
@@ -60,7 +60,7 @@ class BorgProbe(FileBackupTarget):
     repository: str = Field(..., min_length=1, description="repository location as borg takes it (path or ssh://…)")
     passphrase: SecretSpec = Field(..., description="repository passphrase (secret reference)")
     borg_command: str = Field("borg", description="borg 1.x binary")
-    environment: dict[str, EnvValue] = Field(
+    environment: Environment = Field(
         default_factory=dict, description="extra environment for borg (e.g. BORG_RSH, BORG_REMOTE_PATH)")
     base_dir: ConfigPath | None = Field(
         None, description="borg's own cache and security records (BORG_BASE_DIR; default ~/.cache/drcheck/borg)")
@@ -89,32 +89,13 @@ class BorgProbe(FileBackupTarget):
             raise ValueError("borg archives carry no tags; map them with hosts, name_glob or paths")
         return rules
 
-    @field_validator("environment", mode="wrap")
-    @classmethod
-    def _secretish_env(cls, value: Any, handler) -> dict[str, Any]:
-        # as restic's: one error per inline secret at environment.<NAME>, value never shown
-        inline = [name for name, item in (value.items() if isinstance(value, dict) else ())
-                  if isinstance(item, (str, int, float)) and not isinstance(item, bool)
-                  and isinstance(name, str) and SECRETISH_NAME.search(name)]
-        try:
-            result, other = handler(value), []
-        except ValidationError as exc:
-            if not inline:
-                raise
-            other = [{k: e[k] for k in ("type", "loc", "input", "ctx") if k in e} for e in exc.errors()]
-        if inline:
-            problem = ValueError(f"inline secrets are not allowed; {SECRET_HINT}")
-            raise ValidationError.from_exception_data("environment", other + [
-                {"type": "value_error", "loc": (name,), "input": "<hidden>", "ctx": {"error": problem}}
-                for name in inline])
-        return result
 
 
 def repository(target: BorgProbe) -> BorgRepository:
     """Return the client for the repository a borg probe names."""
     return BorgRepository(
         target.repository, target.passphrase.ref(), command=target.borg_command,
-        environment={k: (v.ref() if hasattr(v, "ref") else v) for k, v in target.environment.items()},
+        environment=environment_for_client(target.environment),
         base_dir=target.base_dir, key_file=target.key_file, lock_wait=target.lock_wait.total_seconds(),
         timeout=target.archives.timeout.total_seconds() if target.archives.timeout else LISTING_TIMEOUT_SECONDS,
     )
@@ -128,15 +109,12 @@ def newest_for(target: BorgProbe, system: str, repo: BorgRepository) -> Archive 
 
 def archives(target: BorgProbe, ctx: RunContext) -> ProbeResult:
     """List archives, map them to systems and flag systems without a point within RPO."""
-    started = ctx.now()
-    result = ProbeResult(probe=ctx.name, kind="borg", action="archives", status=Status.OK,
-                         started_at=started, finished_at=started, copy=target.copy)
+    result = ProbeResult.begin(ctx, target, "archives")
     try:
         listed = repository(target).archives()
     except SourceError as exc:
         result.status, result.reason = Status.ERROR, str(exc)
-        result.finished_at = ctx.now()
-        return result
+        return result.conclude(ctx)
     grouped = by_system(listed, target.systems)
     for system in sorted(target.systems_covered()):
         points = grouped.get(system, [])
@@ -163,31 +141,20 @@ def archives(target: BorgProbe, ctx: RunContext) -> ProbeResult:
             f"{len(pathless)} unmapped archive(s) name no source paths drcheck can read from their "
             f"`borg create` command line (e.g. {pathless[-1].name}); rules with paths cannot match them"))
     result.details = {"archives": len(listed), "unmapped": len(unmapped)}
-    critical = [f for f in result.findings if f.severity is Severity.CRITICAL]
-    if critical:
-        result.status = Status.FAILED
-        result.reason = "; ".join(f.message for f in critical)
-    result.finished_at = ctx.now()
-    return result
+    return result.conclude(ctx)
 
 
 def check(target: BorgProbe, ctx: RunContext) -> ProbeResult:
     """Run `borg check` (by default with --verify-data); a damaged repository is a failed
     result keeping borg's own message, anything that kept borg from checking an error."""
-    started = ctx.now()
-    result = ProbeResult(probe=ctx.name, kind="borg", action="check", status=Status.OK,
-                         started_at=started, finished_at=started, copy=target.copy)
     settings = target.check
-    try:
-        limit = action_timeout(target, "check", ctx.loaded.config.agent.job_timeout)
-        result.reason = repository(target).check(verify_data=settings.verify_data, only=settings.only,
-                                                 last=settings.last, timeout=limit.total_seconds())
-    except SourceError as exc:
-        result.status = Status.FAILED if exc.damaged else Status.ERROR
-        result.reason = f"repository check failed: {exc}" if exc.damaged else str(exc)
-    result.details = {"verify_data": settings.verify_data, "only": settings.only or "all", "last": settings.last}
-    result.finished_at = ctx.now()
-    return result
+
+    def run(limit: float) -> str:
+        return repository(target).check(verify_data=settings.verify_data, only=settings.only,
+                                        last=settings.last, timeout=limit)
+
+    return integrity_check(target, ctx, run, {"verify_data": settings.verify_data, "only": settings.only or "all",
+                                              "last": settings.last})
 
 
 def _stored(path: str) -> str:

@@ -11,15 +11,15 @@ import logging
 import re
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
-from pydantic import Field, ValidationError, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from drcheck.clients import SourceError
 from drcheck.clients.restic import ResticRepository, Snapshot
-from drcheck.config_types import SECRET_HINT, SECRETISH_NAME, EnvValue, SecretSpec, resolve_path
+from drcheck.config_types import SECRET_HINT, Environment, SecretSpec, environment_for_client, resolve_path
 from drcheck.coverage import PointFacts, WrongSourceConfig, wrong_source
-from drcheck.kinds import ActionConfig, FileBackupTarget, action_timeout
+from drcheck.kinds import ActionConfig, FileBackupTarget, integrity_check
 from drcheck.mapping import by_identity, under_any
 from drcheck.results import Finding, ProbeResult, RestorePoint, Severity, SnapshotFile, Status
 from drcheck.sandbox import check_entry
@@ -48,7 +48,7 @@ class ResticProbe(FileBackupTarget):
     repository: str = Field(..., min_length=1, description="repository location as restic takes it")
     password: SecretSpec = Field(..., description="repository password (secret reference)")
     restic_command: str = Field("restic", description="restic binary")
-    environment: dict[str, EnvValue] = Field(
+    environment: Environment = Field(
         default_factory=dict,
         description="extra environment for restic (e.g. AWS_ACCESS_KEY_ID = { env = '…' })",
     )
@@ -71,30 +71,6 @@ class ResticProbe(FileBackupTarget):
             return value
         return str(resolve_path(Path(value), info))
 
-    @field_validator("environment", mode="wrap")
-    @classmethod
-    def _secretish_env(cls, value: Any, handler) -> dict[str, Any]:
-        # one error per inline secret, at environment.<NAME>, reported together with the
-        # other errors of the table; the value itself is never included
-        inline = [
-            name for name, item in (value.items() if isinstance(value, dict) else ())
-            if isinstance(item, (str, int, float)) and not isinstance(item, bool)
-            and isinstance(name, str) and SECRETISH_NAME.search(name)
-        ]
-        try:
-            result, other = handler(value), []
-        except ValidationError as exc:
-            if not inline:
-                raise
-            other = [{k: e[k] for k in ("type", "loc", "input", "ctx") if k in e} for e in exc.errors()]
-        if inline:
-            problem = ValueError(f"inline secrets are not allowed; {SECRET_HINT}")
-            raise ValidationError.from_exception_data(
-                "environment",
-                other + [{"type": "value_error", "loc": (name,), "input": "<hidden>", "ctx": {"error": problem}}
-                         for name in inline],
-            )
-        return result
 
 
 
@@ -104,7 +80,7 @@ def repository(target: ResticProbe) -> ResticRepository:
         target.repository,
         target.password.ref(),
         command=target.restic_command,
-        environment={k: (v.ref() if hasattr(v, "ref") else v) for k, v in target.environment.items()},
+        environment=environment_for_client(target.environment),
         timeout=target.snapshots.timeout.total_seconds() if target.snapshots.timeout else LISTING_TIMEOUT_SECONDS,
     )
 
@@ -151,16 +127,13 @@ def snapshots(target: ResticProbe, ctx: RunContext) -> ProbeResult:
     """List snapshots and map them to systems: each system's newest point and count. Facts
     only: how old is too old is the rules' judgement (R2.backup_age), made once. A newest
     point taken of the wrong source is a CRITICAL finding (it is about the point itself)."""
-    started = ctx.now()
-    result = ProbeResult(probe=ctx.name, kind="restic", action="snapshots", status=Status.OK,
-                         started_at=started, finished_at=started, copy=target.copy)
+    result = ProbeResult.begin(ctx, target, "snapshots")
     repo = repository(target)
     try:
         snapshots = repo.snapshots()
     except SourceError as exc:
         result.status, result.reason = Status.ERROR, str(exc)
-        result.finished_at = ctx.now()
-        return result
+        return result.conclude(ctx)
     grouped = by_identity(snapshots, target.systems)
     judged = target.wrong_source
     wanted = [s for snaps in grouped.values() for s in snaps[-2:]] if judged.enabled and judged.min_fraction else []
@@ -186,30 +159,17 @@ def snapshots(target: ResticProbe, ctx: RunContext) -> ProbeResult:
         result.findings.append(Finding(Severity.WARNING, "unmapped_snapshots",
                                        f"{len(unmapped)} snapshot(s) match no system rule"))
     result.details = {"snapshots": len(snapshots), "unmapped": len(unmapped), "point_sizes": sizes}
-    critical = [f for f in result.findings if f.severity is Severity.CRITICAL]
-    if critical:
-        result.status = Status.FAILED
-        result.reason = "; ".join(f.message for f in critical)
-    result.finished_at = ctx.now()
-    return result
+    return result.conclude(ctx)
 
 
 def check(target: ResticProbe, ctx: RunContext) -> ProbeResult:
     """Run `restic check --read-data-subset`; a damaged repository is a failed result."""
-    started = ctx.now()
-    result = ProbeResult(probe=ctx.name, kind="restic", action="check", status=Status.OK,
-                         started_at=started, finished_at=started, copy=target.copy)
     subset = target.check.read_data_subset
-    try:
-        limit = action_timeout(target, "check", ctx.loaded.config.agent.job_timeout)
-        summary = repository(target).check(subset, timeout=limit.total_seconds())
-        result.reason = f"read {subset} of data: {summary}"
-    except SourceError as exc:
-        result.status = Status.FAILED if exc.damaged else Status.ERROR
-        result.reason = f"repository check failed: {exc}" if exc.damaged else str(exc)
-    result.details = {"read_data_subset": subset}
-    result.finished_at = ctx.now()
-    return result
+
+    def run(limit: float) -> str:
+        return f"read {subset} of data: {repository(target).check(subset, timeout=limit)}"
+
+    return integrity_check(target, ctx, run, {"read_data_subset": subset})
 
 
 
