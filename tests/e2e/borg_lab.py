@@ -16,11 +16,9 @@ from typing import Any
 import tomli_w
 
 from drcheck import canary
-from drcheck.config_loader import load
-from drcheck.engine import run_probe, run_restore_test
 from drcheck.store import Store
 
-from .conftest import INTEGRITY, RUNBOOK, deep_merge, utc
+from .conftest import INTEGRITY, RUNBOOK, DrcheckSide, utc
 
 BORG = shutil.which("borg")
 PASSPHRASE = "correct horse battery staple borg"
@@ -33,8 +31,10 @@ exec "$BORG" "$@"
 """
 
 
-class BorgLab:
+class BorgLab(DrcheckSide):
     """Source tree for system "app" at `source`, a repository and a config in `root`."""
+
+    default_action = "archives"
 
     def __init__(self, root: Path):
         self.root = root
@@ -115,10 +115,6 @@ class BorgLab:
 
     # -- drcheck ------------------------------------------------------------------------
 
-    @property
-    def database(self) -> Path:
-        return self.root / "state" / "drcheck.db"
-
     def base_config(self) -> dict[str, Any]:
         return {
             "agent": {"name": "e2e", "state_dir": "state", "sandbox_root": "sandbox", "runbooks_dir": "runbooks",
@@ -142,35 +138,6 @@ class BorgLab:
                               "expect_output": "^ok"}],
             }},
         }
-
-    def configure(self, **overrides: Any) -> Path:
-        """(Re)write drcheck.toml: the base config deep-merged with `overrides`."""
-        self.config_path.write_text(tomli_w.dumps(deep_merge(self.base_config(), overrides)))
-        return self.config_path
-
-    def loaded(self):
-        return load(self.config_path)
-
-    def probe(self, action: str = "archives"):
-        loaded = self.loaded()
-        with Store(loaded.database_path) as store:
-            return run_probe(loaded, store, "repo", action)
-
-    def restore_test(self, name: str = "app-files"):
-        loaded = self.loaded()
-        with Store(loaded.database_path) as store:
-            return run_restore_test(loaded, store, name)
-
-    def rows(self, sql: str, params=()) -> list[dict]:
-        with Store(self.database) as store:
-            return store.query(sql, params)
-
-    def sandbox_entries(self) -> list[Path]:
-        return list(self.sandbox_root.iterdir()) if self.sandbox_root.exists() else []
-
-    def cli(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "drcheck", "--config", str(self.config_path), *args],
-                              capture_output=True, text=True, timeout=timeout, cwd=self.root)
 
     def wrapper(self, name: str, body: str) -> Path:
         """Write an executable shell wrapper around borg (slow restores, fake versions)."""

@@ -49,7 +49,55 @@ def deep_merge(base: dict, extra: dict) -> dict:
     return merged
 
 
-class ResticLab:
+class DrcheckSide:
+    """The drcheck side every lab shares: its config (`base_config()` deep-merged with
+    overrides), store, probe and restore-test runs, and the CLI. A lab sets `root`,
+    `config_path`, `sandbox_root` and `default_action` (its kind's listing action)."""
+
+    root: Path
+    config_path: Path
+    sandbox_root: Path
+    default_action = "snapshots"
+
+    @property
+    def database(self) -> Path:
+        return self.root / "state" / "drcheck.db"
+
+    def base_config(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def configure(self, **overrides: Any) -> Path:
+        """(Re)write drcheck.toml: the base config deep-merged with `overrides`."""
+        self.config_path.write_text(tomli_w.dumps(deep_merge(self.base_config(), overrides)))
+        return self.config_path
+
+    def loaded(self):
+        return load(self.config_path)
+
+    def probe(self, action: str | None = None):
+        loaded = self.loaded()
+        with Store(loaded.database_path) as store:
+            return run_probe(loaded, store, "repo", action or self.default_action)
+
+    def restore_test(self, name: str = "app-files"):
+        loaded = self.loaded()
+        with Store(loaded.database_path) as store:
+            return run_restore_test(loaded, store, name)
+
+    def rows(self, sql: str, params=()) -> list[dict]:
+        with Store(self.database) as store:
+            return store.query(sql, params)
+
+    def sandbox_entries(self) -> list[Path]:
+        return list(self.sandbox_root.iterdir()) if self.sandbox_root.exists() else []
+
+    def cli(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "drcheck", "--config", str(self.config_path), *args],
+                              capture_output=True, text=True, timeout=timeout, cwd=self.root)
+
+
+
+class ResticLab(DrcheckSide):
     """Source tree for system "app" at `source`, a repository and a config in `root`."""
 
     def __init__(self, root: Path, repository: str | None = None, env: dict[str, str] | None = None):
@@ -119,10 +167,6 @@ class ResticLab:
 
     # -- drcheck ------------------------------------------------------------------------
 
-    @property
-    def database(self) -> Path:
-        return self.root / "state" / "drcheck.db"
-
     def base_config(self) -> dict[str, Any]:
         return {
             "agent": {"name": "e2e", "state_dir": "state", "sandbox_root": "sandbox", "runbooks_dir": "runbooks",
@@ -145,35 +189,6 @@ class ResticLab:
                               "expect_output": "^ok"}],
             }},
         }
-
-    def configure(self, **overrides: Any) -> Path:
-        """(Re)write drcheck.toml: the base config deep-merged with `overrides`."""
-        self.config_path.write_text(tomli_w.dumps(deep_merge(self.base_config(), overrides)))
-        return self.config_path
-
-    def loaded(self):
-        return load(self.config_path)
-
-    def probe(self, action: str = "snapshots"):
-        loaded = self.loaded()
-        with Store(loaded.database_path) as store:
-            return run_probe(loaded, store, "repo", action)
-
-    def restore_test(self, name: str = "app-files"):
-        loaded = self.loaded()
-        with Store(loaded.database_path) as store:
-            return run_restore_test(loaded, store, name)
-
-    def rows(self, sql: str, params=()) -> list[dict]:
-        with Store(self.database) as store:
-            return store.query(sql, params)
-
-    def sandbox_entries(self) -> list[Path]:
-        return list(self.sandbox_root.iterdir()) if self.sandbox_root.exists() else []
-
-    def cli(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "drcheck", "--config", str(self.config_path), *args],
-                              capture_output=True, text=True, timeout=timeout, cwd=self.root)
 
     def wrapper(self, name: str, body: str) -> Path:
         """Write an executable shell wrapper around restic (for slow or failing restores)."""
