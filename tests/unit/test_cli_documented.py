@@ -41,3 +41,11 @@ def test_the_embedded_default_config_ships_with_the_package():
     assert packaged == (ROOT / "drcheck.toml").read_text()
     result = CliRunner().invoke(cli, ["config", "example"])
     assert result.exit_code == 0 and result.output == packaged
+
+
+def test_every_rule_is_in_the_readme():
+    from drcheck.rules import RULES
+
+    readme = (ROOT / "README.md").read_text()
+    missing = [rule for rule in RULES if f"| `{rule}` |" not in readme]
+    assert missing == [], f"rules missing from README.md's table: {missing}"
