@@ -82,7 +82,7 @@ def write_config(root: Path, systems: int, probes: int) -> Path:
         members = [s for s in range(systems) if s // per_probe == p]
         data["probes"][f"repo{p:02d}"] = {
             "kind": "restic", "copy": COPY, "repository": f"/srv/restic/repo{p:02d}",
-            "password": {"file": "/etc/drcheck/restic-password"}, "schedule": {"interval": "15m"},
+            "password": {"file": "/etc/drcheck/restic-password"}, "snapshots": {"schedule": {"interval": "15m"}},
             "check": {"schedule": {"cron": "0 3 * * *"}},
             "systems": [{"system": f"sys{s:04d}", "paths": [f"/srv/sys{s:04d}"]} for s in members],
         }
