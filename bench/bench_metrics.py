@@ -44,7 +44,8 @@ def epoch(text: str) -> float:
 
 
 def build(work: Path, systems: int, probes: int):
-    """Create the store and configuration; return (loaded, expected series, setup seconds)."""
+    """Create the store and configuration; return (loaded, expected series, the time both
+    sides judge the rules at, setup seconds)."""
     from drcheck.config import Config, Runbook
     from drcheck.config_loader import LoadedConfig
     from drcheck.results import Finding, ProbeResult, RestorePoint, RestoreTestResult, Severity, Status
@@ -150,52 +151,51 @@ def build(work: Path, systems: int, probes: int):
     store.db.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     store.close()
     t_store = time.perf_counter() - t0
-    return loaded, (probe_rows, point_rows, finding_rows, test_rows), t_config, t_store
+    return loaded, (probe_rows, point_rows, finding_rows, test_rows), now, t_config, t_store
 
 
-def baseline_registry(loaded, rows):
-    """The same families, label sets and values as drcheck exposes, as plain gauges."""
+def baseline_registry(loaded, rows, now):
+    """The same families, label sets and values as drcheck exposes, as plain client metrics
+    built from drcheck's metric catalogue. The rule values come from one evaluation of the
+    same store at the same `now`, in this untimed setup."""
     from prometheus_client import CollectorRegistry, Gauge
 
     from drcheck import __version__
+    from drcheck.metric_catalogue import CATALOGUE
+    from drcheck.metrics import rule_passing
+    from drcheck.rules import evaluate
+    from drcheck.store import Store
 
     probe_rows, point_rows, finding_rows, test_rows = rows
     reg = CollectorRegistry(auto_describe=False)
+    client_types = {"gauge": Gauge}
+    gauges = {spec.name: client_types[spec.type](spec.name, spec.help, spec.labels, registry=reg)
+              for spec in CATALOGUE.values()}
 
-    def g(name, doc, labels):
-        return Gauge(name, doc, labels, registry=reg)
+    def g(name):
+        return gauges[name]
 
-    g("drcheck_info", "drcheck agent; value is always 1", ["agent", "version"]) \
-        .labels(loaded.config.agent.name, __version__).set(1)
-    rpo_target = g("drcheck_system_rpo_target_seconds", "RPO target of a system (runbook)", ["system"])
-    rto_target = g("drcheck_system_rto_target_seconds", "RTO target of a system (runbook)", ["system"])
-    tier = g("drcheck_system_tier", "criticality tier of a system (1 = most critical)", ["system"])
+    g("drcheck_info").labels(loaded.config.agent.name, __version__).set(1)
+    g("drcheck_store_up").set(1)
+    rpo_target, rto_target, tier = (g("drcheck_system_rpo_target_seconds"), g("drcheck_system_rto_target_seconds"),
+                                    g("drcheck_system_tier"))
     for system, rb in loaded.runbooks.items():
         rpo_target.labels(system).set(rb.rpo.total_seconds())
         rto_target.labels(system).set(rb.rto.total_seconds())
         tier.labels(system).set(rb.tier)
 
-    newest = g("drcheck_restore_point_newest_timestamp_seconds",
-               "time of the newest restore point of a system in a copy", ["system", "copy"])
-    count = g("drcheck_restore_points", "restore points of a system in a copy", ["system", "copy"])
+    newest, count = g("drcheck_restore_point_newest_timestamp_seconds"), g("drcheck_restore_points")
     newest_of_system = dict.fromkeys(loaded.runbooks, 0.0)
     for r in point_rows:
         newest.labels(r["system"], r["copy"]).set(epoch(r["point_time"]))
         count.labels(r["system"], r["copy"]).set(r["point_count"])
         newest_of_system[r["system"]] = max(newest_of_system[r["system"]], epoch(r["point_time"]))
 
-    labels = ["system", "test"]
-    last_run = g("drcheck_restore_test_last_run_timestamp_seconds", "start of the latest restore test", labels)
-    passed = g("drcheck_restore_test_last_passed", "1 when the latest restore test passed, else 0", labels)
-    restore = g("drcheck_restore_test_restore_seconds", "restore part of the latest restore test", labels)
-    verify = g("drcheck_restore_test_verify_seconds", "verify part of the latest restore test", labels)
-    rto_t = g("drcheck_restore_test_rto_target_seconds", "RTO target applied to the test", labels)
-    rpo_t = g("drcheck_restore_test_rpo_target_seconds", "RPO target applied to the test", labels)
-    success = g("drcheck_restore_test_last_success_timestamp_seconds",
-                "start of the latest restore test that passed", labels)
-    rto = g("drcheck_restore_test_rto_seconds",
-            "measured RTO of the latest restore test that measured one (every check passed)", labels)
-    rpo = g("drcheck_restore_test_rpo_seconds", "achieved RPO of the latest restore test that measured one", labels)
+    last_run, passed = g("drcheck_restore_test_last_run_timestamp_seconds"), g("drcheck_restore_test_last_passed")
+    restore, verify = g("drcheck_restore_test_restore_seconds"), g("drcheck_restore_test_verify_seconds")
+    rto_t, rpo_t = g("drcheck_restore_test_rto_target_seconds"), g("drcheck_restore_test_rpo_target_seconds")
+    success = g("drcheck_restore_test_last_success_timestamp_seconds")
+    rto, rpo = g("drcheck_restore_test_rto_seconds"), g("drcheck_restore_test_rpo_seconds")
     tested_at = dict.fromkeys(loaded.runbooks, 0.0)
     for r in test_rows:
         tested_at[r["system"]] = max(tested_at[r["system"]], epoch(r["started_at"]))
@@ -210,31 +210,29 @@ def baseline_registry(loaded, rows):
         rto.labels(*key).set(r["rto_seconds"])
         rpo.labels(*key).set(r["rpo_seconds"])
 
-    labels = ["probe", "action"]
-    up = g("drcheck_probe_up", "1 when the latest probe run could reach and read its source", labels)
-    ok = g("drcheck_probe_success", "1 when the latest probe run found nothing wrong", labels)
-    duration = g("drcheck_probe_duration_seconds", "duration of the latest probe run", labels)
-    last = g("drcheck_probe_last_run_timestamp_seconds", "end of the latest probe run", labels)
+    up, ok = g("drcheck_probe_up"), g("drcheck_probe_success")
+    duration, last = g("drcheck_probe_duration_seconds"), g("drcheck_probe_last_run_timestamp_seconds")
     for r in probe_rows:
         key = (r["probe"], r["action"])
         up.labels(*key).set(0 if r["status"] == "error" else 1)
         ok.labels(*key).set(1 if r["status"] == "ok" else 0)
         duration.labels(*key).set(r["duration_seconds"])
         last.labels(*key).set(epoch(r["finished_at"]))
-    unprotected = g("drcheck_unprotected_assets", "configured systems or assets with no restore point", ["source"])
+    unprotected = g("drcheck_unprotected_assets")
     for probe, n in Counter(f["probe"] for f in finding_rows if f["code"] == "no_restore_point").items():
         unprotected.labels(probe).set(n)
-    g("drcheck_leases_open", "leased resources (sandboxes, VMs, ...) in use or left behind", ["kind"])
-    g("drcheck_leases_uncleaned", "resources left by dead runs whose cleanup failed so far (retried)", ["kind"])
-    g("drcheck_sandbox_leases_open", "deprecated: drcheck_leases_open{kind=\"directory\"}", []).set(0)
-    for name, doc, values in (
-            ("drcheck_system_newest_restore_point_timestamp_seconds",
-             "newest restore point of a system in any copy; 0 when it has none", newest_of_system),
-            ("drcheck_system_last_test_timestamp_seconds",
-             "start of the latest restore test of a system; 0 when it was never tested", tested_at)):
-        gauge = g(name, doc, ["system"])
+    g("drcheck_sandbox_leases_open").set(0)
+    for name, values in (("drcheck_system_newest_restore_point_timestamp_seconds", newest_of_system),
+                         ("drcheck_system_last_test_timestamp_seconds", tested_at)):
+        gauge = g(name)
         for system, value in values.items():
             gauge.labels(system).set(value)
+
+    with Store(loaded.database_path) as store:
+        results = evaluate(loaded, store, now)
+    rule = g("drcheck_compliance_rule_passing")
+    for (rule_id, system), good in rule_passing(results).items():
+        rule.labels(rule_id, system).set(1 if good else 0)
     return reg
 
 
@@ -262,14 +260,14 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="drcheck-bench-metrics-", dir=args.tmpdir) as tmp:
         work = Path(tmp).resolve()
         print(f"building a store with {args.systems:,} systems in {work} ...", flush=True)
-        loaded, rows, t_config, t_store = build(work, args.systems, args.probes)
+        loaded, rows, now, t_config, t_store = build(work, args.systems, args.probes)
         size = loaded.database_path.stat().st_size
         print(f"  {args.systems:,} runbooks validated in {t_config:.1f}s; store rows inserted in "
               f"{t_store:.1f}s ({size / 1e6:.1f} MB)", flush=True)
         t0 = time.perf_counter()
-        base_reg = baseline_registry(loaded, rows)
+        base_reg = baseline_registry(loaded, rows, now)
         print(f"  baseline gauges set in {time.perf_counter() - t0:.1f}s (not timed)", flush=True)
-        drc_reg = registry_for(loaded)
+        drc_reg = registry_for(loaded, clock=lambda: now)
 
         # Warm-up (untimed) and the honesty check: the same text on both sides.
         drc_out, base_out = generate_latest(drc_reg), generate_latest(base_reg)
