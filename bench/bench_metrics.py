@@ -28,7 +28,6 @@ import statistics
 import sys
 import tempfile
 import time
-from collections import Counter
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -71,7 +70,10 @@ def build(work: Path, systems: int, probes: int):
         "probes": {p: {"kind": "restic", "copy": COPY, "repository": f"/repos/{p}", "password": {"file": "/pw"},
                        "systems": [{"system": s, "paths": [f"/srv/{s}"]} for s in names if probe_of[s] == p]}
                    for p in probe_names},
-        "restore_tests": {f"{s}-files": {"kind": "files", "probe": probe_of[s], "system": s} for s in names},
+        # weekly tests, spread over the week's early hours (R8.test_cadence judges each)
+        "restore_tests": {f"{s}-files": {"kind": "files", "probe": probe_of[s], "system": s,
+                                         "schedule": {"cron": f"{n % 60} {n % 5} * * {n % 7}"}}
+                          for n, s in enumerate(names)},
     }, context={"base_dir": work})
     loaded = LoadedConfig(path=work / "drcheck.toml", config=config, runbooks=runbooks)
     t_config = time.perf_counter() - t0
@@ -95,19 +97,21 @@ def build(work: Path, systems: int, probes: int):
             })
             run_id[probe, action] = next_id
             next_id += 1
-    # The first repository also reports three configured assets it holds no backup of.
-    for k in range(3):
+    # The first repository holds no backup of three of its systems (unprotected), and says so.
+    unprotected = set(names[:3 * probes:probes])
+    for s in sorted(unprotected):
         finding_rows.append({"probe_run_id": run_id[probe_names[0], "snapshots"], "probe": probe_names[0],
                              "severity": "critical", "code": "no_restore_point",
-                             "system": f"legacy{k}", "message": "no snapshot", "recorded_at": ts(now)})
+                             "system": s, "message": "no snapshot", "recorded_at": ts(now)})
     for n, s in enumerate(names):
         point_time = now - timedelta(hours=n % 20, minutes=n % 60, seconds=n % 7)
         probe = probe_of[s]
-        point_rows.append({
-            "probe_run_id": run_id[probe, "snapshots"], "probe": probe, "system": s, "copy": COPY,
-            "point_time": ts(point_time), "point_id": f"{n:064x}", "size_bytes": None, "status": "ok",
-            "host": s, "paths": f'["/srv/{s}"]', "point_count": 1 + n % 30, "recorded_at": ts(now),
-        })
+        if s not in unprotected:
+            point_rows.append({
+                "probe_run_id": run_id[probe, "snapshots"], "probe": probe, "system": s, "copy": COPY,
+                "point_time": ts(point_time), "point_id": f"{n:064x}", "size_bytes": None, "status": "ok",
+                "host": s, "paths": f'["/srv/{s}"]', "point_count": 1 + n % 30, "recorded_at": ts(now),
+            })
         started = now - timedelta(days=n % 7, minutes=n % 50)
         restore_s, verify_s = 60.0 + n % 600 + 0.25, 5.0 + n % 90 + 0.5
         rb = runbooks[s]
@@ -162,7 +166,7 @@ def baseline_registry(loaded, rows, now):
 
     from drcheck import __version__
     from drcheck.metric_catalogue import CATALOGUE
-    from drcheck.metrics import rule_passing
+    from drcheck.metrics import rule_passing, unprotected_by_probe
     from drcheck.rules import evaluate
     from drcheck.store import Store
 
@@ -218,9 +222,6 @@ def baseline_registry(loaded, rows, now):
         ok.labels(*key).set(1 if r["status"] == "ok" else 0)
         duration.labels(*key).set(r["duration_seconds"])
         last.labels(*key).set(epoch(r["finished_at"]))
-    unprotected = g("drcheck_unprotected_assets")
-    for probe, n in Counter(f["probe"] for f in finding_rows if f["code"] == "no_restore_point").items():
-        unprotected.labels(probe).set(n)
     g("drcheck_sandbox_leases_open").set(0)
     for name, values in (("drcheck_system_newest_restore_point_timestamp_seconds", newest_of_system),
                          ("drcheck_system_last_test_timestamp_seconds", tested_at)):
@@ -233,6 +234,9 @@ def baseline_registry(loaded, rows, now):
     rule = g("drcheck_compliance_rule_passing")
     for (rule_id, system), good in rule_passing(results).items():
         rule.labels(rule_id, system).set(1 if good else 0)
+    unprotected = g("drcheck_unprotected_assets")
+    for probe, n in unprotected_by_probe(results).items():
+        unprotected.labels(probe).set(n)
     return reg
 
 

@@ -36,8 +36,6 @@ SCRAPE_RTO = latest_via("test_latest", "rto_id", "restore_tests", "system, test,
 SCRAPE_RPO = latest_via("test_latest", "rpo_id", "restore_tests", "system, test, rpo_seconds")
 SCRAPE_PROBE_RUNS = latest_via("probe_latest", "probe_run_id", "probe_runs",
                                "probe, action, status, finished_at, duration_seconds")
-UNPROTECTED = ("SELECT probe, COUNT(*) AS n FROM current_findings WHERE code = 'no_restore_point' "
-               "GROUP BY probe")
 # Leases per kind: open (in use or left behind), and uncleaned (a cleanup of a dead run's
 # resource failed at least once and it is still there).
 LEASES_OPEN = "SELECT kind, COUNT(*) AS n FROM leases WHERE released_at IS NULL GROUP BY kind"
@@ -116,7 +114,7 @@ class StoreCollector(Collector):
         tested_at: dict[str, float] = dict.fromkeys(loaded.runbooks, 0.0)
         yield from self._tests(conn, cfg, tested_at)
         yield from self._probes(conn, cfg)
-        yield self._rules(loaded)
+        yield from self._rules(loaded)
         yield from _per_system(
             ("drcheck_system_newest_restore_point_timestamp_seconds",
              "newest restore point of a system in any copy; 0 when it has none", newest_of_system),
@@ -168,24 +166,25 @@ class StoreCollector(Collector):
             ok.add_metric(key, 1 if row["status"] == "ok" else 0)
             duration.add_metric(key, row["duration_seconds"] or 0)
             last.add_metric(key, _epoch(row["finished_at"]))
-        unprotected = family("drcheck_unprotected_assets")
-        for probe, n in conn.execute(UNPROTECTED):
-            if probe in cfg.probes:
-                unprotected.add_metric([probe], n)
-        yield from (up, ok, duration, last, unprotected)
+        yield from (up, ok, duration, last)
         yield from _leases(conn)
 
-    def _rules(self, loaded: LoadedConfig) -> Metric:
-        """One gauge per (rule, system) from the same rule evaluation status and reports
-        show: 1 when every result of the rule for the system passed."""
+    def _rules(self, loaded: LoadedConfig) -> Iterator[Metric]:
+        """The rule families, from one evaluation (the one status and reports show):
+        drcheck_compliance_rule_passing per (rule, system), and drcheck_unprotected_assets
+        per probe."""
         from drcheck.rules import evaluate
 
         with Store(self.db_path) as store:
-            passing = rule_passing(evaluate(loaded, store, self.clock()))
+            results = evaluate(loaded, store, self.clock())
         gauge = family("drcheck_compliance_rule_passing")
-        for (rule, system), ok in sorted(passing.items()):
+        for (rule, system), ok in sorted(rule_passing(results).items()):
             gauge.add_metric([rule, system], 1 if ok else 0)
-        return gauge
+        yield gauge
+        unprotected = family("drcheck_unprotected_assets")
+        for probe, n in sorted(unprotected_by_probe(results).items()):
+            unprotected.add_metric([probe], n)
+        yield unprotected
 
 
 def rule_passing(results) -> dict[tuple[str, str], bool]:
@@ -195,6 +194,19 @@ def rule_passing(results) -> dict[tuple[str, str], bool]:
         key = (result.rule, result.system or "")
         passing[key] = passing.get(key, True) and result.passed
     return passing
+
+
+def unprotected_by_probe(results) -> dict[str, int]:
+    """probe -> systems whose R2.backup_age result for the probe's copy fails because its
+    latest listing holds no restore point of them at all (0 for a probe whose systems all
+    have one); only probes with a listing judged appear."""
+    from drcheck.rules import has_no_restore_point
+
+    counts: dict[str, int] = {}
+    for result in results:
+        if result.rule == "R2.backup_age" and result.probe is not None:
+            counts[result.probe] = counts.get(result.probe, 0) + has_no_restore_point(result)
+    return counts
 
 
 def _leases(conn: sqlite3.Connection) -> Iterator[Metric]:
