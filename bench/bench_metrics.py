@@ -1,12 +1,16 @@
 """Metrics scrape benchmark: drcheck's StoreCollector vs prometheus_client gauges set directly.
 
 A store holds 10,000 systems (one restore point each, in one copy, from the latest run of
-the probe that covers it, and one passed restore test with RTO/RPO), and a configuration
-holds their 10,000 runbooks. drcheck's side is `generate_latest(registry_for(loaded))`,
+the probe that covers it, except three the first repository holds nothing of; and one
+passed restore test with RTO/RPO), and a configuration holds their 10,000 runbooks and a
+weekly schedule for each test. drcheck's side is `generate_latest(registry_for(loaded))`,
 which reads the store on every scrape, as `/metrics` does. The baseline is a registry of
-plain `Gauge(...).labels(...).set(...)` holding the same families, label sets and values,
-set once before timing, so only `generate_latest` is timed: what a scrape costs an
-exporter that keeps its numbers in memory.
+plain `Gauge(...).labels(...).set(...)` built from drcheck's metric catalogue, holding the
+same families, label sets and values, set once before timing, so only `generate_latest` is
+timed: what a scrape costs an exporter that keeps its numbers in memory. Its rule values
+(`drcheck_compliance_rule_passing`, `drcheck_unprotected_assets`) come from one
+`drcheck.rules.evaluate()` of the same store, in that untimed setup; both sides judge at
+the same fixed time.
 
 Both outputs are checked to be the same text, line for line (order aside), before any
 figure is printed. Scrapes alternate between the two sides; medians are compared and the
@@ -298,6 +302,14 @@ def main(argv: list[str] | None = None) -> int:
 
         d, b = statistics.median(drc_times), statistics.median(base_times)
         ratio = d / b
+        # The rule evaluation caches each test's next due run per (schedule, timezone, start):
+        # the first scrape after the agent starts (or after every test ran again) computes them.
+        from drcheck.rules import _next_run
+
+        _next_run.cache_clear()
+        t0 = time.perf_counter()
+        generate_latest(drc_reg)
+        cold = time.perf_counter() - t0
         print()
         print(f"Metrics scrape, {args.systems:,} systems, {n_samples:,} samples "
               f"({len(drc_out) / 1e6:.1f} MB of text, identical on both sides), "
@@ -307,6 +319,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  baseline generate_latest(plain Gauges)       {b:7.3f}s  "
               f"(min {min(base_times):.3f}s, max {max(base_times):.3f}s)")
         print(f"  ratio {ratio:.2f}x   goal <= {GOAL}x   {'PASS' if ratio <= GOAL else 'MISS'}")
+        print(f"  (one drcheck scrape with a cold next-run cache, not in the ratio: {cold:.3f}s)")
         emit(args.rows, [{"name": f"metrics scrape, {args.systems} systems", "drcheck_seconds": d,
                           "baseline_seconds": b, "ratio": ratio, "goal": f"<= {GOAL}x", "met": ratio <= GOAL}])
 

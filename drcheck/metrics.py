@@ -1,18 +1,20 @@
 """Prometheus metrics, computed from the store at scrape time.
 
-Names are stable (alerts and dashboards depend on them). Timestamps, not ages, are
-exported, so an alert computes `time() - drcheck_restore_point_newest_timestamp_seconds`
-and a stopped agent cannot freeze an age at a harmless value.
+Every metric is declared once, in drcheck.metric_catalogue (stable names and labels:
+alerts and dashboards depend on them); the collector creates its families only from it
+and describes itself with it. A scrape reads one snapshot through a read-only connection,
+and the verdicts (`drcheck_compliance_rule_passing`, `drcheck_unprotected_assets`) come
+from one evaluation of drcheck.rules over it, the one status and reports show.
 """
 
 from __future__ import annotations
 
 import logging
 import sqlite3
+from datetime import datetime
 from pathlib import Path
 from typing import Callable, Iterator
 
-from datetime import datetime
 from prometheus_client import CollectorRegistry, write_to_textfile
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
@@ -45,8 +47,6 @@ SANDBOX_LEASES_OPEN = "SELECT COUNT(*) FROM leases WHERE released_at IS NULL AND
 
 
 def _epoch(text: str) -> float:
-    from datetime import datetime
-
     return datetime.fromisoformat(text).timestamp()
 
 
@@ -70,6 +70,7 @@ class StoreCollector(Collector):
         try:  # read everything first: a database that fails half-way yields only its health
             conn = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=10)
             conn.row_factory = sqlite3.Row
+            conn.execute("BEGIN")  # one read snapshot: the rules judge the rows the families show
             try:
                 metrics, fault = list(self._collect(conn, loaded)), None
             finally:
@@ -114,7 +115,7 @@ class StoreCollector(Collector):
         tested_at: dict[str, float] = dict.fromkeys(loaded.runbooks, 0.0)
         yield from self._tests(conn, cfg, tested_at)
         yield from self._probes(conn, cfg)
-        yield from self._rules(loaded)
+        yield from self._rules(conn, loaded)
         yield from _per_system(
             ("drcheck_system_newest_restore_point_timestamp_seconds",
              "newest restore point of a system in any copy; 0 when it has none", newest_of_system),
@@ -169,14 +170,13 @@ class StoreCollector(Collector):
         yield from (up, ok, duration, last)
         yield from _leases(conn)
 
-    def _rules(self, loaded: LoadedConfig) -> Iterator[Metric]:
+    def _rules(self, conn: sqlite3.Connection, loaded: LoadedConfig) -> Iterator[Metric]:
         """The rule families, from one evaluation (the one status and reports show):
         drcheck_compliance_rule_passing per (rule, system), and drcheck_unprotected_assets
         per probe."""
         from drcheck.rules import evaluate
 
-        with Store(self.db_path) as store:
-            results = evaluate(loaded, store, self.clock())
+        results = evaluate(loaded, Store.reading(conn, self.db_path), self.clock())
         gauge = family("drcheck_compliance_rule_passing")
         for (rule, system), ok in sorted(rule_passing(results).items()):
             gauge.add_metric([rule, system], 1 if ok else 0)

@@ -136,3 +136,26 @@ def test_series_of_tests_and_probes_no_longer_configured_disappear(make_config, 
     assert not any(s.labels.get("test") == "fileserver-files" for family in registry.collect() for s in family.samples)
     assert registry.get_sample_value("drcheck_restore_test_last_passed",
                                      {"system": "fileserver", "test": "fileserver-files"}) is None
+
+
+def test_an_interval_scheduled_test_is_overdue_one_interval_after_its_last_run(make_config):
+    import tomllib
+
+    import tomli_w
+
+    from drcheck.config_loader import load
+    from drcheck.store import Store
+
+    from .conftest import Recorder
+
+    loaded = make_config()
+    data = tomllib.loads(loaded.path.read_text())
+    data["restore_tests"]["payroll-files"]["schedule"] = {"interval": "1d"}
+    data["restore_tests"]["sis-files"]["schedule"] = {"interval": "1d"}
+    loaded.path.write_text(tomli_w.dumps(data))
+    loaded = load(loaded.path)
+    with Store(loaded.database_path) as store:
+        Recorder(loaded, store).test("payroll", "passed", NOW - timedelta(days=3))
+        Recorder(loaded, store).test("sis", "passed", NOW - timedelta(hours=2))
+    assert value(loaded, "drcheck_compliance_rule_passing", rule="R8.test_cadence", system="payroll") == 0
+    assert value(loaded, "drcheck_compliance_rule_passing", rule="R8.test_cadence", system="sis") == 1
