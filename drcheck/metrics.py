@@ -1,23 +1,28 @@
 """Prometheus metrics, computed from the store at scrape time.
 
-Names are stable (alerts and dashboards depend on them). Timestamps, not ages, are
-exported, so an alert computes `time() - drcheck_restore_point_newest_timestamp_seconds`
-and a stopped agent cannot freeze an age at a harmless value.
+Every metric is declared once, in drcheck.metric_catalogue (stable names and labels:
+alerts and dashboards depend on them); the collector creates its families only from it
+and describes itself with it. A scrape reads one snapshot through a read-only connection,
+and the verdicts (`drcheck_compliance_rule_passing`, `drcheck_unprotected_assets`) come
+from one evaluation of drcheck.rules over it, the one status and reports show.
 """
 
 from __future__ import annotations
 
 import logging
 import sqlite3
+from datetime import datetime
 from pathlib import Path
 from typing import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, write_to_textfile
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
 from drcheck import __version__
 from drcheck.config_loader import LoadedConfig
+from drcheck.metric_catalogue import CATALOGUE, family
+from drcheck.results import utcnow
 from drcheck.store import CURRENT_POINTS, Store, latest_via
 
 log = logging.getLogger(__name__)
@@ -33,8 +38,6 @@ SCRAPE_RTO = latest_via("test_latest", "rto_id", "restore_tests", "system, test,
 SCRAPE_RPO = latest_via("test_latest", "rpo_id", "restore_tests", "system, test, rpo_seconds")
 SCRAPE_PROBE_RUNS = latest_via("probe_latest", "probe_run_id", "probe_runs",
                                "probe, action, status, finished_at, duration_seconds")
-UNPROTECTED = ("SELECT probe, COUNT(*) AS n FROM current_findings WHERE code = 'no_restore_point' "
-               "GROUP BY probe")
 # Leases per kind: open (in use or left behind), and uncleaned (a cleanup of a dead run's
 # resource failed at least once and it is still there).
 LEASES_OPEN = "SELECT kind, COUNT(*) AS n FROM leases WHERE released_at IS NULL GROUP BY kind"
@@ -44,28 +47,30 @@ SANDBOX_LEASES_OPEN = "SELECT COUNT(*) FROM leases WHERE released_at IS NULL AND
 
 
 def _epoch(text: str) -> float:
-    from datetime import datetime
-
     return datetime.fromisoformat(text).timestamp()
-
-
-def _gauge(name: str, doc: str, labels: list[str]) -> GaugeMetricFamily:
-    return GaugeMetricFamily(name, doc, labels=labels)
 
 
 class StoreCollector(Collector):
     """Yields drcheck's metrics from the database at `db_path`. `config` returns the current
     configuration (it changes on SIGHUP), for the targets of systems never tested yet."""
 
-    def __init__(self, db_path: Path, config: Callable[[], LoadedConfig]):
+    def __init__(self, db_path: Path, config: Callable[[], LoadedConfig],
+                 clock: Callable[[], datetime] = utcnow):
         self.db_path = db_path
         self.config = config
+        self.clock = clock
+
+    def describe(self) -> Iterator[Metric]:
+        """Every family the collector can yield, empty (from the catalogue)."""
+        for spec in CATALOGUE.values():
+            yield spec.family()
 
     def collect(self) -> Iterator[Metric]:
         loaded = self.config()
         try:  # read everything first: a database that fails half-way yields only its health
             conn = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=10)
             conn.row_factory = sqlite3.Row
+            conn.execute("BEGIN")  # one read snapshot: the rules judge the rows the families show
             try:
                 metrics, fault = list(self._collect(conn, loaded)), None
             finally:
@@ -80,13 +85,13 @@ class StoreCollector(Collector):
 
     def _collect(self, conn: sqlite3.Connection, loaded: LoadedConfig) -> Iterator[Metric]:
         cfg = loaded.config
-        info = _gauge("drcheck_info", "drcheck agent; value is always 1", ["agent", "version"])
+        info = family("drcheck_info")
         info.add_metric([cfg.agent.name, __version__], 1)
         yield info
 
-        rpo_target = _gauge("drcheck_system_rpo_target_seconds", "RPO target of a system (runbook)", ["system"])
-        rto_target = _gauge("drcheck_system_rto_target_seconds", "RTO target of a system (runbook)", ["system"])
-        tier = _gauge("drcheck_system_tier", "criticality tier of a system (1 = most critical)", ["system"])
+        rpo_target = family("drcheck_system_rpo_target_seconds")
+        rto_target = family("drcheck_system_rto_target_seconds")
+        tier = family("drcheck_system_tier")
         for system, rb in loaded.runbooks.items():
             rpo_target.add_metric([system], rb.rpo.total_seconds())
             rto_target.add_metric([system], rb.rto.total_seconds())
@@ -94,9 +99,8 @@ class StoreCollector(Collector):
         yield from (rpo_target, rto_target, tier)
 
         newest_of_system: dict[str, float] = dict.fromkeys(loaded.runbooks, 0.0)
-        newest = _gauge("drcheck_restore_point_newest_timestamp_seconds",
-                        "time of the newest restore point of a system in a copy", ["system", "copy"])
-        points = _gauge("drcheck_restore_points", "restore points of a system in a copy", ["system", "copy"])
+        newest = family("drcheck_restore_point_newest_timestamp_seconds")
+        points = family("drcheck_restore_points")
         for row in conn.execute(CURRENT_POINTS):
             if row["probe"] not in cfg.probes:
                 continue
@@ -111,7 +115,7 @@ class StoreCollector(Collector):
         tested_at: dict[str, float] = dict.fromkeys(loaded.runbooks, 0.0)
         yield from self._tests(conn, cfg, tested_at)
         yield from self._probes(conn, cfg)
-        yield self._rules(loaded)
+        yield from self._rules(conn, loaded)
         yield from _per_system(
             ("drcheck_system_newest_restore_point_timestamp_seconds",
              "newest restore point of a system in any copy; 0 when it has none", newest_of_system),
@@ -120,13 +124,12 @@ class StoreCollector(Collector):
 
     def _tests(self, conn: sqlite3.Connection, cfg, tested_at: dict[str, float]) -> Iterator[Metric]:
         configured = {(t.system, name) for name, t in cfg.restore_tests.items()}
-        labels = ["system", "test"]
-        last_run = _gauge("drcheck_restore_test_last_run_timestamp_seconds", "start of the latest restore test", labels)
-        passed = _gauge("drcheck_restore_test_last_passed", "1 when the latest restore test passed, else 0", labels)
-        restore = _gauge("drcheck_restore_test_restore_seconds", "restore part of the latest restore test", labels)
-        verify = _gauge("drcheck_restore_test_verify_seconds", "verify part of the latest restore test", labels)
-        rto_t = _gauge("drcheck_restore_test_rto_target_seconds", "RTO target applied to the test", labels)
-        rpo_t = _gauge("drcheck_restore_test_rpo_target_seconds", "RPO target applied to the test", labels)
+        last_run = family("drcheck_restore_test_last_run_timestamp_seconds")
+        passed = family("drcheck_restore_test_last_passed")
+        restore = family("drcheck_restore_test_restore_seconds")
+        verify = family("drcheck_restore_test_verify_seconds")
+        rto_t = family("drcheck_restore_test_rto_target_seconds")
+        rpo_t = family("drcheck_restore_test_rpo_target_seconds")
         for row in conn.execute(SCRAPE_TESTS):
             system, test = row["system"], row["test"]
             if (system, test) not in configured:
@@ -135,31 +138,27 @@ class StoreCollector(Collector):
             last_run.add_metric(key, started)
             tested_at[system] = max(tested_at.get(system, 0.0), started)
             passed.add_metric(key, 1 if row["status"] == "passed" else 0)
-            for family, column in ((restore, "restore_seconds"), (verify, "verify_seconds"),
+            for fam, column in ((restore, "restore_seconds"), (verify, "verify_seconds"),
                                    (rto_t, "rto_target_seconds"), (rpo_t, "rpo_target_seconds")):
                 if row[column] is not None:
-                    family.add_metric(key, row[column])
-        success = _gauge("drcheck_restore_test_last_success_timestamp_seconds",
-                         "start of the latest restore test that passed", labels)
+                    fam.add_metric(key, row[column])
+        success = family("drcheck_restore_test_last_success_timestamp_seconds")
         for row in conn.execute(SCRAPE_PASSED):
             if (row["system"], row["test"]) in configured:
                 success.add_metric([row["system"], row["test"]], _epoch(row["started_at"]))
-        rto = _gauge("drcheck_restore_test_rto_seconds",
-                     "measured RTO of the latest restore test that measured one (every check passed)", labels)
-        rpo = _gauge("drcheck_restore_test_rpo_seconds", "achieved RPO of the latest restore test that measured one",
-                     labels)
-        for family, sql, column in ((rto, SCRAPE_RTO, "rto_seconds"), (rpo, SCRAPE_RPO, "rpo_seconds")):
+        rto = family("drcheck_restore_test_rto_seconds")
+        rpo = family("drcheck_restore_test_rpo_seconds")
+        for fam, sql, column in ((rto, SCRAPE_RTO, "rto_seconds"), (rpo, SCRAPE_RPO, "rpo_seconds")):
             for row in conn.execute(sql):
                 if (row["system"], row["test"]) in configured:
-                    family.add_metric([row["system"], row["test"]], row[column])
+                    fam.add_metric([row["system"], row["test"]], row[column])
         yield from (last_run, passed, restore, verify, rto_t, rpo_t, success, rto, rpo)
 
     def _probes(self, conn: sqlite3.Connection, cfg) -> Iterator[Metric]:
-        labels = ["probe", "action"]
-        up = _gauge("drcheck_probe_up", "1 when the latest probe run could reach and read its source", labels)
-        ok = _gauge("drcheck_probe_success", "1 when the latest probe run found nothing wrong", labels)
-        duration = _gauge("drcheck_probe_duration_seconds", "duration of the latest probe run", labels)
-        last = _gauge("drcheck_probe_last_run_timestamp_seconds", "end of the latest probe run", labels)
+        up = family("drcheck_probe_up")
+        ok = family("drcheck_probe_success")
+        duration = family("drcheck_probe_duration_seconds")
+        last = family("drcheck_probe_last_run_timestamp_seconds")
         for row in conn.execute(SCRAPE_PROBE_RUNS):
             if row["probe"] not in cfg.probes:
                 continue
@@ -168,41 +167,55 @@ class StoreCollector(Collector):
             ok.add_metric(key, 1 if row["status"] == "ok" else 0)
             duration.add_metric(key, row["duration_seconds"] or 0)
             last.add_metric(key, _epoch(row["finished_at"]))
-        unprotected = _gauge("drcheck_unprotected_assets",
-                             "configured systems or assets with no restore point", ["source"])
-        for probe, n in conn.execute(UNPROTECTED):
-            if probe in cfg.probes:
-                unprotected.add_metric([probe], n)
-        yield from (up, ok, duration, last, unprotected)
+        yield from (up, ok, duration, last)
         yield from _leases(conn)
 
-    def _rules(self, loaded: LoadedConfig) -> Metric:
-        """One gauge per (rule, system) from the same rule evaluation status and reports
-        show: 1 when every result of the rule for the system passed."""
-        from drcheck.results import utcnow
+    def _rules(self, conn: sqlite3.Connection, loaded: LoadedConfig) -> Iterator[Metric]:
+        """The rule families, from one evaluation (the one status and reports show):
+        drcheck_compliance_rule_passing per (rule, system), and drcheck_unprotected_assets
+        per probe."""
         from drcheck.rules import evaluate
 
-        passing: dict[tuple[str, str], bool] = {}
-        with Store(self.db_path) as store:
-            for result in evaluate(loaded, store, utcnow()):
-                key = (result.rule, result.system or "")
-                passing[key] = passing.get(key, True) and result.passed
-        gauge = _gauge("drcheck_compliance_rule_passing",
-                       "1 when the rule passes for the system (drcheck status shows why not)", ["rule", "system"])
-        for (rule, system), ok in sorted(passing.items()):
+        results = evaluate(loaded, Store.reading(conn, self.db_path), self.clock())
+        gauge = family("drcheck_compliance_rule_passing")
+        for (rule, system), ok in sorted(rule_passing(results).items()):
             gauge.add_metric([rule, system], 1 if ok else 0)
-        return gauge
+        yield gauge
+        unprotected = family("drcheck_unprotected_assets")
+        for probe, n in sorted(unprotected_by_probe(results).items()):
+            unprotected.add_metric([probe], n)
+        yield unprotected
+
+
+def rule_passing(results) -> dict[tuple[str, str], bool]:
+    """(rule, system) -> True when every result of the rule for the system passed."""
+    passing: dict[tuple[str, str], bool] = {}
+    for result in results:
+        key = (result.rule, result.system or "")
+        passing[key] = passing.get(key, True) and result.passed
+    return passing
+
+
+def unprotected_by_probe(results) -> dict[str, int]:
+    """probe -> systems whose R2.backup_age result for the probe's copy fails because its
+    latest listing holds no restore point of them at all (0 for a probe whose systems all
+    have one); only probes with a listing judged appear."""
+    from drcheck.rules import has_no_restore_point
+
+    counts: dict[str, int] = {}
+    for result in results:
+        if result.rule == "R2.backup_age" and result.probe is not None:
+            counts[result.probe] = counts.get(result.probe, 0) + has_no_restore_point(result)
+    return counts
 
 
 def _leases(conn: sqlite3.Connection) -> Iterator[Metric]:
-    open_ = _gauge("drcheck_leases_open", "leased resources (sandboxes, VMs, ...) in use or left behind", ["kind"])
-    uncleaned = _gauge("drcheck_leases_uncleaned",
-                       "resources left by dead runs whose cleanup failed so far (retried)", ["kind"])
-    for family, sql in ((open_, LEASES_OPEN), (uncleaned, LEASES_UNCLEANED)):
+    open_ = family("drcheck_leases_open")
+    uncleaned = family("drcheck_leases_uncleaned")
+    for fam, sql in ((open_, LEASES_OPEN), (uncleaned, LEASES_UNCLEANED)):
         for kind, n in conn.execute(sql):
-            family.add_metric([kind], n)
-    sandboxes = _gauge("drcheck_sandbox_leases_open",
-                       "deprecated: drcheck_leases_open{kind=\"directory\"}", [])
+            fam.add_metric([kind], n)
+    sandboxes = family("drcheck_sandbox_leases_open")
     sandboxes.add_metric([], conn.execute(SANDBOX_LEASES_OPEN).fetchone()[0])
     yield from (open_, uncleaned, sandboxes)
 
@@ -210,28 +223,30 @@ def _leases(conn: sqlite3.Connection) -> Iterator[Metric]:
 def store_health(fault) -> Iterator[Metric]:
     """drcheck_store_up (1: the database could be read at this scrape) and, when it could
     not, drcheck_store_error_info{cause} (read_only, locked, damaged, disk_full, unreadable)."""
-    up = _gauge("drcheck_store_up", "1 when the database could be read at this scrape, else 0", [])
+    up = family("drcheck_store_up")
     up.add_metric([], 0 if fault else 1)
     yield up
-    info = _gauge("drcheck_store_error_info", "why the database could not be read; value is always 1", ["cause"])
+    info = family("drcheck_store_error_info")
     if fault:
         info.add_metric([fault.cause], 1)
     yield info
 
 
 def _per_system(*families: tuple[str, str, dict[str, float]]) -> Iterator[Metric]:
-    for name, doc, values in families:
-        gauge = _gauge(name, doc, ["system"])
+    for name, _doc, values in families:
+        gauge = family(name)
         for system, value in values.items():
             gauge.add_metric([system], value)
         yield gauge
 
 
-def registry_for(loaded: LoadedConfig | Callable[[], LoadedConfig]) -> CollectorRegistry:
-    """Return a registry holding only drcheck's store collector."""
+def registry_for(loaded: LoadedConfig | Callable[[], LoadedConfig],
+                 clock: Callable[[], datetime] = utcnow) -> CollectorRegistry:
+    """Return a registry holding only drcheck's store collector; `clock` is the time rules
+    are judged at (now, at each scrape)."""
     provider = loaded if callable(loaded) else (lambda: loaded)
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(StoreCollector(provider().database_path, provider))
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(StoreCollector(provider().database_path, provider, clock))
     return registry
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Any, Callable, Iterator
 
 from drcheck.config_loader import LoadedConfig
@@ -68,6 +69,7 @@ class RuleResult:
     threshold: Any = None
     evidence: tuple[tuple[str, int], ...] = ()  # (table, row id) pairs
     subject: str | None = None  # the copy, probe or test the result is about, when several
+    probe: str | None = None  # the probe whose reading is judged (P2, R2, R10.source_check)
 
     @property
     def severity(self) -> Severity:
@@ -95,11 +97,19 @@ class Facts:
     measured: dict[str, dict[tuple[str, str], dict]] = field(default_factory=dict)  # column -> latest measuring run
     passed: dict[tuple[str, str], datetime] = field(default_factory=dict)  # last passed start
     findings: dict[str, list[dict]] = field(default_factory=dict)  # system -> current findings
+    # the configuration's maps, built once rather than searched per system
+    probes_of: dict[str, list[str]] = field(default_factory=dict)  # system -> probes covering it
+    tests_of: dict[str, list[str]] = field(default_factory=dict)  # system -> its restore tests
 
     @classmethod
     def read(cls, loaded: LoadedConfig, store: Store) -> "Facts":
         cfg = loaded.config
         facts = cls()
+        for name, probe in cfg.probes.items():
+            for system in probe.systems_covered():
+                facts.probes_of.setdefault(system, []).append(name)
+        for name, test in cfg.restore_tests.items():
+            facts.tests_of.setdefault(test.system, []).append(name)
         for row in store.current_restore_points():
             if row["probe"] in cfg.probes:
                 facts.points.setdefault(row["system"], []).append(row)
@@ -146,12 +156,8 @@ def _targets(loaded: LoadedConfig, facts: Facts, system: str, now: datetime) -> 
                      measured=total.total_seconds(), threshold=rb.mtd.total_seconds())
 
 
-def _probes_of(loaded: LoadedConfig, system: str) -> list[str]:
-    return [name for name, probe in loaded.config.probes.items() if system in probe.systems_covered()]
-
-
 def _watched(loaded: LoadedConfig, facts: Facts, system: str, now: datetime) -> Iterator[RuleResult]:
-    probes = _probes_of(loaded, system)
+    probes = facts.probes_of.get(system, [])
     yield RuleResult("P1.watched", system, bool(probes),
                      f"watched by {', '.join(probes)}" if probes else "no probe watches its backups",
                      measured=len(probes), threshold=1)
@@ -161,7 +167,7 @@ def _probe_health(loaded: LoadedConfig, facts: Facts, system: str, now: datetime
     cfg = loaded.config
     rpo = loaded.runbooks[system].rpo.total_seconds()
     points = {row["copy"]: row for row in facts.points.get(system, [])}
-    for name in _probes_of(loaded, system):
+    for name in facts.probes_of.get(system, []):
         probe = cfg.probes[name]
         module = probe_module(probe.kind)
         for action in module.ACTIONS:
@@ -170,38 +176,46 @@ def _probe_health(loaded: LoadedConfig, facts: Facts, system: str, now: datetime
             if action in module.LISTS_POINTS:
                 if run is None:
                     yield RuleResult("P2.probe_up", system, False, f"probe {name} has not run yet ({action})",
-                                     subject=name)
+                                     subject=name, probe=name)
                     continue
                 up = run["status"] != "error"
                 yield RuleResult("P2.probe_up", system, up,
                                  f"probe {name} {'lists' if up else 'could not list'} restore points"
-                                 + ("" if up else f": {run['reason']}"), evidence=evidence, subject=name)
-                yield _backup_age(system, probe.copy, points.get(probe.copy), rpo, now, run)
+                                 + ("" if up else f": {run['reason']}"), evidence=evidence, subject=name, probe=name)
+                yield _backup_age(system, name, probe.copy, points.get(probe.copy), rpo, now, run)
             elif run is not None:
                 good = run["status"] == "ok"
                 yield RuleResult("R10.source_check", system, good,
                                  f"{action} of {name} {run['status']}" + (f": {run['reason']}" if run["reason"] else ""),
-                                 evidence=evidence, subject=name)
+                                 evidence=evidence, subject=name, probe=name)
     for row in facts.findings.get(system, []):
         yield RuleResult("R10.source_findings", system, False, f"{row['code']}: {row['message']}",
                          measured=row["code"], evidence=(("findings", row["id"]),), subject=row["probe"])
 
 
-def _backup_age(system: str, copy: str, point: dict | None, rpo: float, now: datetime, run: dict) -> RuleResult:
-    if point is None:
+def _backup_age(system: str, probe: str, copy: str, point: dict | None, rpo: float, now: datetime,
+                run: dict) -> RuleResult:
+    if point is None:  # measured stays None: see has_no_restore_point
         return RuleResult("R2.backup_age", system, False, f"no restore point in {copy}", threshold=rpo,
-                          evidence=(("probe_runs", run["id"]),), subject=copy)
+                          evidence=(("probe_runs", run["id"]),), subject=copy, probe=probe)
     age = (now - parse_ts(point["point_time"])).total_seconds()
     ok = age <= rpo
     return RuleResult("R2.backup_age", system, ok,
                       f"newest restore point in {copy} is {format_duration(age)} old (RPO {format_duration(rpo)})",
-                      measured=age, threshold=rpo, evidence=(("restore_points", point["id"]),), subject=copy)
+                      measured=age, threshold=rpo, evidence=(("restore_points", point["id"]),), subject=copy,
+                      probe=probe)
+
+
+def has_no_restore_point(result: RuleResult) -> bool:
+    """True when `result` is an R2.backup_age failure because the probe's latest listing
+    holds no restore point of the system at all (not merely an old one): the system is
+    unprotected in that copy (drcheck_unprotected_assets counts these per probe)."""
+    return result.rule == "R2.backup_age" and not result.passed and result.measured is None
 
 
 def _tests(loaded: LoadedConfig, facts: Facts, system: str, now: datetime) -> Iterator[RuleResult]:
-    cfg = loaded.config
     rb = loaded.runbooks[system]
-    names = [n for n, t in cfg.restore_tests.items() if t.system == system]
+    names = facts.tests_of.get(system, [])
     yield RuleResult("R8.test_configured", system, bool(names),
                      f"restore tests: {', '.join(names)}" if names else "no restore test configured",
                      measured=len(names), threshold=1)
@@ -223,16 +237,31 @@ def _cadence(loaded: LoadedConfig, system: str, name: str, started: datetime, no
              evidence) -> Iterator[RuleResult]:
     cfg = loaded.config
     test = cfg.restore_tests[name]
-    if test.schedule is None:
+    schedule = test.schedule
+    if schedule is None:
         return
-    # the run after this one; fire times are inclusive, so step past the start
-    expected = test.schedule.trigger(cfg.agent.timezone).get_next_fire_time(None, started + timedelta(seconds=1))
-    allowance = (test.timeout or cfg.agent.job_timeout) + cfg.agent.misfire_grace
+    expected = _next_run(schedule.cron, schedule.interval, cfg.agent.timezone, started)
+    # jitter may delay a start by up to its length
+    allowance = (test.timeout or cfg.agent.job_timeout) + cfg.agent.misfire_grace + (schedule.jitter or timedelta(0))
     since = (now - started).total_seconds()
     late = expected is not None and now > expected + allowance
     yield RuleResult("R8.test_cadence", system, not late,
                      f"restore test {name} {'is overdue: last ran' if late else 'last ran'} "
                      f"{format_duration(since)} ago", measured=since, evidence=evidence, subject=name)
+
+
+@lru_cache(maxsize=65_536)
+def _next_run(cron: str | None, interval: timedelta | None, timezone: str, started: datetime) -> datetime | None:
+    """When the run after one started at `started` is due: the schedule's next fire time
+    without jitter. Cached: it changes only when the test runs again, and a scrape judges
+    every test (one APScheduler computation per test and run, not per scrape)."""
+    if interval is not None:  # the agent's interval trigger fires every `interval` from its start
+        return started + interval
+    from drcheck.config_types import Schedule
+
+    # fire times are inclusive, so step past the start
+    trigger = Schedule(cron=cron).trigger(timezone)
+    return trigger.get_next_fire_time(None, started + timedelta(seconds=1))
 
 
 def _measured(rb, system: str, name: str, facts: Facts) -> Iterator[RuleResult]:

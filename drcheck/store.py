@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sqlite3
 from contextlib import contextmanager
 from dataclasses import asdict, fields
 from datetime import datetime
@@ -91,6 +92,16 @@ class Store(LeaseStore):
         self.db.conn.execute("PRAGMA foreign_keys = ON")
         self.db.conn.execute("PRAGMA synchronous = NORMAL")
         self._migrate()
+
+    @classmethod
+    def reading(cls, conn: sqlite3.Connection, path: str | os.PathLike) -> "Store":
+        """The store's read methods over an open connection to the database at `path` (the
+        metrics scrape's read-only one, so rules and metrics read one snapshot): nothing is
+        created, set or migrated; writes are not for this object."""
+        store = cls.__new__(cls)
+        store.path, store.agent = Path(path), "drcheck"
+        store.db = sqlite_utils.Database(conn, recursive_triggers=False, execute_plugins=False)
+        return store
 
     def _migrate(self) -> None:
         """Apply pending migrations under the write lock, so agents and CLI runs opening a

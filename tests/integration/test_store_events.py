@@ -148,7 +148,6 @@ READS = {
     "SCRAPE_RTO": (metrics.SCRAPE_RTO, ()),
     "SCRAPE_RPO": (metrics.SCRAPE_RPO, ()),
     "SCRAPE_PROBE_RUNS": (metrics.SCRAPE_PROBE_RUNS, ()),
-    "UNPROTECTED": (metrics.UNPROTECTED, ()),
     "LEASES_OPEN": (metrics.LEASES_OPEN, ()),
     "LEASES_UNCLEANED": (metrics.LEASES_UNCLEANED, ()),
     "latest_point_id (current)": (
