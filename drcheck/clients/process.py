@@ -61,6 +61,48 @@ class CommandNotFound(SourceError):
     """The program does not exist or is not executable."""
 
 
+class CommandCancelled(SourceError):
+    """The program was killed because its caller cancelled it (see `Cancel`)."""
+
+
+class Cancel:
+    """Lets one thread stop `run()` calls another thread made with `cancel=` this object.
+
+    `cancel()` kills the process group of every such call still running (`kill_group`)
+    and, at once, any started afterwards; each of those calls then raises
+    CommandCancelled. A call that had already finished is not affected.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._groups: set[int] = set()
+        self._event = threading.Event()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until cancelled (True) or `timeout` seconds passed (False)."""
+        return self._event.wait(timeout)
+
+    def cancel(self) -> None:
+        with self._lock:
+            self._event.set()
+            for pid in self._groups:
+                kill_group(pid)
+
+    def _started(self, pid: int) -> None:
+        with self._lock:
+            self._groups.add(pid)
+            if self._event.is_set():
+                kill_group(pid)
+
+    def _finished(self, pid: int) -> None:
+        with self._lock:
+            self._groups.discard(pid)
+
+
 @dataclass
 class Completed:
     argv: list[str]
@@ -76,13 +118,15 @@ def run(
     env: Mapping[str, str] | None = None,
     cwd: str | Path | None = None,
     stdout_path: Path | None = None,
+    cancel: Cancel | None = None,
 ) -> Completed:
     """Run argv (no shell) and return its exit status and output.
 
     `env` is added to a minimal environment (PATH, HOME, LANG, TMPDIR), so the agent's own
     variables, secrets included, do not leak into children. When `stdout_path` is given,
     stdout streams to that file instead of memory. Raise CommandTimeout (after killing the
-    process group) or CommandNotFound.
+    process group), CommandNotFound, or CommandCancelled when `cancel` was cancelled while
+    the program ran.
     """
     full_env = {k: os.environ[k] for k in ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR") if k in os.environ}
     full_env.update(env or {})
@@ -99,6 +143,8 @@ def run(
             out.close()
     with _running_lock:
         _running.add(proc.pid)
+    if cancel is not None:
+        cancel._started(proc.pid)
     try:
         stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -110,8 +156,12 @@ def run(
         proc.wait()
         raise
     finally:
+        if cancel is not None:
+            cancel._finished(proc.pid)
         with _running_lock:
             _running.discard(proc.pid)
+    if cancel is not None and cancel.cancelled and proc.returncode != 0:
+        raise CommandCancelled(f"{Path(argv[0]).name} cancelled")
     return Completed(
         list(argv), proc.returncode,
         stdout.decode(errors="replace") if stdout is not None else "",
