@@ -8,6 +8,15 @@ backup ran in) is read from the point's own listing (`drcheck.mapping.discover_l
 never assumed; every check names live paths and looks in the restore where the point put
 them.
 
+Nothing the point holds may be written outside the sandbox: its listing is checked for
+escaping entries (`FileSource.files`). A source whose tool the kernel confines to the
+sandbox (`ConfiningFileSource`: restic with Landlock) starts restoring the point the last
+probe recorded while `newest` confirms it and `files` lists and checks it, saving one
+repository open; a wrong guess (a newer point, a failed listing, another layout) kills
+that restore, removes its sandbox and continues sequentially, and an escaping entry
+refuses the test the same way. Other sources restore only after the checked listing.
+`details` keep the run's timeline (seconds from its start) and whether it overlapped.
+
 RTO = restore start -> last check passed (restore and verify recorded separately).
 Achieved RPO = test start - newest canary found in the restore, or - the restore point's
 time when no canary is configured.
@@ -18,10 +27,9 @@ from __future__ import annotations
 import json
 import logging
 import os
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager, nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -40,6 +48,7 @@ from drcheck.restore_tests import checks
 from drcheck.restore_tests import completeness as completeness_check
 from drcheck.sandbox import SandboxRefused, contained, sandbox
 from drcheck.sqltime import parse_ts
+from drcheck.timeline import Timeline, watch_progress
 
 if TYPE_CHECKING:
     from drcheck.config_loader import LoadedConfig
@@ -119,7 +128,7 @@ def run(target: FilesRestoreTest, ctx: RunContext) -> RestoreTestResult:
 
 def _restore_and_verify(target, ctx: RunContext, probe_cfg, result: RestoreTestResult) -> None:
     source = probe_module(probe_cfg.kind).file_source(probe_cfg)
-    timeline = _Timeline()
+    timeline = Timeline()
     result.details["timeline"] = timeline.spans
     guess, why_not = _overlap_guess(ctx, source, target, probe_cfg)
     if guess is None:
@@ -135,7 +144,7 @@ def _restore_and_verify(target, ctx: RunContext, probe_cfg, result: RestoreTestR
         _sequential(target, ctx, probe_cfg, source, result, timeline, fallback.found)
 
 
-def _sequential(target, ctx: RunContext, probe_cfg, source, result: RestoreTestResult, timeline: "_Timeline",
+def _sequential(target, ctx: RunContext, probe_cfg, source, result: RestoreTestResult, timeline: Timeline,
                 found: "tuple[object, list | None] | None" = None) -> None:
     """List the newest point (or use `found`: the point, its listing when known), check the
     listing, then restore and verify: nothing is written before the listing is checked."""
@@ -158,7 +167,7 @@ def _sequential(target, ctx: RunContext, probe_cfg, source, result: RestoreTestR
         complete = _start_completeness(target, ctx, background, prep, point)  # metadata only: runs while restoring
         result.sandbox = str(dest)
         t0 = time.perf_counter()
-        with _watch_progress(ctx, dest, result.bytes_restored), timeline.span("restore"):
+        with watch_progress(ctx, dest, result.bytes_restored), timeline.span("restore"):
             source.restore(point, dest, prep.include, timeout)
         result.restore_seconds = time.perf_counter() - t0
         ctx.progress("verifying")
@@ -171,7 +180,7 @@ def _sequential(target, ctx: RunContext, probe_cfg, source, result: RestoreTestR
 
 
 def _overlapped(target, ctx: RunContext, probe_cfg, source, guess: "_RecordedPoint", result: RestoreTestResult,
-                timeline: "_Timeline") -> None:
+                timeline: Timeline) -> None:
     """Restore the point the probe last recorded while `newest` confirms it is still the
     newest and `files` lists (and checks) it; then verify. The source confines its tool's
     writes to the sandbox, so nothing the point holds can land outside it meanwhile.
@@ -195,7 +204,7 @@ def _overlapped(target, ctx: RunContext, probe_cfg, source, guess: "_RecordedPoi
                                  confined=True, cancel=cancel)
         newest = calls.submit(timeline.timed("snapshots", source.newest), target.system)
         listed = calls.submit(timeline.timed("listing", source.files), guess.id, [])
-        watcher = stack.enter_context(_watch_progress(ctx, dest, guess.size or 0))
+        watcher = stack.enter_context(watch_progress(ctx, dest, guess.size or 0))
         point = newest.result()
         if point is None or point.id != guess.id:
             raise _Fallback((point, None), "a newer restore point exists" if point else "no restore point now")
@@ -329,40 +338,6 @@ def _start_completeness(target, ctx: RunContext, background: ThreadPoolExecutor,
                              point.time, target.completeness, previous)
 
 
-class _Timeline:
-    """Start and end of each phase of one test, in seconds since it began (kept in the
-    result's details as evidence of what ran when)."""
-
-    def __init__(self) -> None:
-        self.t0 = time.perf_counter()
-        self.spans: dict[str, list[float]] = {}
-
-    def start(self, name: str):
-        """Start span `name`; return the function that ends it."""
-        begun = time.perf_counter() - self.t0
-
-        def end() -> None:
-            self.spans[name] = [round(begun, 4), round(time.perf_counter() - self.t0, 4)]
-
-        return end
-
-    @contextmanager
-    def span(self, name: str):
-        end = self.start(name)
-        try:
-            yield
-        finally:
-            end()
-
-    def timed(self, name: str, func):
-        """`func`, recording its calls as span `name`."""
-        def call(*args, **kwargs):
-            with self.span(name):
-                return func(*args, **kwargs)
-
-        return call
-
-
 def _children(source_root: Path, path: str) -> set[str] | None:
     """Entry names of a live directory (None when unreadable): evidence for the layout."""
     try:
@@ -382,7 +357,7 @@ def _live_listing(entries, layout: Layout, live_roots: list[str]) -> dict[str, S
     return listing
 
 
-def _newest_with_listing(ctx: RunContext, source, system: str, copy: str, timeline: _Timeline):
+def _newest_with_listing(ctx: RunContext, source, system: str, copy: str, timeline: Timeline):
     """Return the newest restore point and its whole listing (the layout is read from it).
 
     Each restic call pays the repository's key derivation, so the listing of the point the
@@ -463,39 +438,3 @@ def _judge(result: RestoreTestResult, verdicts) -> None:
                       f"target {format_duration(result.rpo_target_seconds)}")
     result.status = Status.FAILED if failed else Status.ERROR if errored else Status.PASSED
     result.reason = "; ".join(failed + errored)
-
-
-class _watch_progress:
-    """While restoring, report bytes written into the sandbox (only when someone watches)."""
-
-    def __init__(self, ctx: RunContext, dest: Path, total: int):
-        self.ctx, self.dest, self.total = ctx, dest, total
-        self.stop = threading.Event()
-        self.thread: threading.Thread | None = None
-
-    def __enter__(self):
-        self.ctx.progress("restoring", 0, self.total)
-        if getattr(self.ctx.progress, "watching", False):
-            self.thread = threading.Thread(target=self._poll, daemon=True)
-            self.thread.start()
-        return self
-
-    def finish(self) -> None:
-        """Stop watching (the restore is done); idempotent."""
-        if self.stop.is_set():
-            return
-        self.stop.set()
-        if self.thread:
-            self.thread.join()
-        self.ctx.progress("restoring", self.total, self.total)
-
-    def _poll(self) -> None:
-        while not self.stop.wait(0.5):
-            try:
-                done = sum(checks.regular_files(self.dest).values())
-            except OSError:  # restic is creating and renaming files under our feet
-                continue
-            self.ctx.progress("restoring", done, self.total)
-
-    def __exit__(self, *exc) -> None:
-        self.finish()
