@@ -202,8 +202,9 @@ def _overlapped(target, ctx: RunContext, probe_cfg, source, guess: "_RecordedPoi
         t0 = time.perf_counter()
         restoring = calls.submit(timeline.timed("restore", source.restore), guess, dest, include, timeout,
                                  confined=True, cancel=cancel)
-        newest = calls.submit(timeline.timed("snapshots", source.newest), target.system)
-        listed = calls.submit(timeline.timed("listing", source.files), guess.id, [])
+        # off the critical path while the restore runs: on a busy machine the CPU goes to the restore
+        newest = calls.submit(_niced(timeline.timed("snapshots", source.newest)), target.system)
+        listed = calls.submit(_niced(timeline.timed("listing", source.files)), guess.id, [])
         watcher = stack.enter_context(watch_progress(ctx, dest, guess.size or 0))
         point = newest.result()
         if point is None or point.id != guess.id:
@@ -230,6 +231,15 @@ def _overlapped(target, ctx: RunContext, probe_cfg, source, guess: "_RecordedPoi
         cleanup = timeline.start("cleanup")
     cleanup()
     _judge(result, verdicts)
+
+
+def _niced(func):
+    """`func`, its programs run at a lower CPU priority (process.lowered_priority)."""
+    def call(*args, **kwargs):
+        with process.lowered_priority():
+            return func(*args, **kwargs)
+
+    return call
 
 
 class _Fallback(Exception):

@@ -15,9 +15,10 @@ import os
 import signal
 import subprocess
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
 from drcheck import procfs
 from drcheck.clients import SourceError
@@ -32,21 +33,40 @@ except (OSError, AttributeError):  # not Linux: children are still killed by pro
     _prctl = None
 
 
-def die_with_parent():
+def die_with_parent(nice: int = 0):
     """Return a `preexec_fn` making the child SIGKILLed when its parent thread dies (Linux
-    PR_SET_PDEATHSIG; None elsewhere). Compatible with `process_group=0` and
-    `start_new_session=True`. A parent that died between fork and prctl is caught by
-    comparing the parent pid, so the child then kills itself at once."""
-    if _prctl is None:
+    PR_SET_PDEATHSIG; None elsewhere), and niced by `nice`. Compatible with
+    `process_group=0` and `start_new_session=True`. A parent that died between fork and
+    prctl is caught by comparing the parent pid, so the child then kills itself at once."""
+    if _prctl is None and not nice:
         return None
     parent = os.getpid()
 
     def preexec() -> None:
-        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != parent:
-            os.kill(os.getpid(), signal.SIGKILL)
+        if _prctl is not None:
+            _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+            if os.getppid() != parent:
+                os.kill(os.getpid(), signal.SIGKILL)
+        if nice:
+            os.nice(nice)
 
     return preexec
+
+
+_priority = threading.local()
+
+
+@contextmanager
+def lowered_priority(increment: int = 10) -> Iterator[None]:
+    """Programs `run()` starts from this thread meanwhile run niced by `increment`: for work
+    off the critical path of a program running beside it (a listing checked while a restore
+    runs), so that, on a busy machine, the CPU goes to the program everyone waits for."""
+    previous = getattr(_priority, "nice", 0)
+    _priority.nice = previous + increment
+    try:
+        yield
+    finally:
+        _priority.nice = previous
 
 
 _running: set[int] = set()  # process groups started by run() and not yet reaped, any thread
@@ -134,7 +154,7 @@ def run(
     try:
         proc = subprocess.Popen(
             list(argv), stdout=out, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-            env=full_env, cwd=cwd, process_group=0, preexec_fn=die_with_parent(),
+            env=full_env, cwd=cwd, process_group=0, preexec_fn=die_with_parent(getattr(_priority, "nice", 0)),
         )
     except (FileNotFoundError, PermissionError) as exc:
         raise CommandNotFound(f"{argv[0]}: {exc.strerror}") from None

@@ -180,3 +180,35 @@ def test_an_unknown_point_size_takes_the_sequential_path(lab):
     assert result.status is Status.PASSED, result.reason
     assert result.details["overlap"].startswith("not used: the size of aaaaaaaa is unknown")
     assert lab.events.index("ls a end") < lab.events.index("restore a start")
+
+
+# -- the process helpers the overlap uses (real processes) ---------------------------------
+
+
+def test_cancel_kills_a_running_program_and_one_started_after():
+    cancel = process.Cancel()
+    outcome: list[BaseException] = []
+
+    def sleeper():
+        try:
+            process.run(["sleep", "60"], timeout=120, cancel=cancel)
+        except process.CommandCancelled as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=sleeper)
+    thread.start()
+    while not cancel._groups:  # started
+        threading.Event().wait(0.01)
+    cancel.cancel()
+    thread.join(60)
+    assert not thread.is_alive() and len(outcome) == 1
+    with pytest.raises(process.CommandCancelled):
+        process.run(["sleep", "60"], timeout=120, cancel=cancel)
+
+
+def test_programs_started_with_lowered_priority_run_niced():
+    base = int(process.run(["nice"], timeout=30).stdout)
+    with process.lowered_priority(5):
+        niced = int(process.run(["nice"], timeout=30).stdout)
+    assert niced == min(base + 5, 19)
+    assert int(process.run(["nice"], timeout=30).stdout) == base
