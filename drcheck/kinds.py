@@ -171,6 +171,29 @@ class FileSource(Protocol):
     def restore(self, point: Any, dest: "Path", include: list[str], timeout: float | None) -> None: ...
 
 
+class ConfiningFileSource(FileSource, Protocol):
+    """Optional extension of `FileSource` for kinds whose restore tool can be confined by
+    the kernel to writing into the restore target (restic, with Linux Landlock).
+
+    - `confines_writes`: True when `restore(..., confined=True)` will work now. A source
+      without the attribute (borg) counts as False.
+    - `restore(point, dest, include, timeout, confined=True, cancel=None)`: the tool can
+      write nowhere but below `dest` (and its own cache, private temporary files and a
+      local repository's locks), whatever the point holds; raise `SourceError` rather than
+      run unconfined. `cancel` (`drcheck.clients.process.Cancel`) may kill the restore from
+      another thread; it then raises `process.CommandCancelled`.
+
+    Only such a restore may start before `files` has checked the point's listing for
+    escaping entries (the `files` restore test overlaps them); an unconfined restore
+    always waits for that check.
+    """
+
+    confines_writes: bool
+
+    def restore(self, point: Any, dest: "Path", include: list[str], timeout: float | None,
+                confined: bool = False, cancel: Any = None) -> None: ...
+
+
 @runtime_checkable
 class FileBackupModule(ProbeModule, Protocol):
     """A probe kind over file-level backups (restic, borg): also `file_source(target)`."""

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from drcheck.clients import SourceError
+from drcheck.clients import SourceError, process
 from drcheck.clients.restic import ResticRepository, Snapshot
 from drcheck.config_types import SECRET_HINT, Environment, SecretSpec, environment_for_client, resolve_path
 from drcheck.coverage import PointFacts, WrongSourceConfig, wrong_source
@@ -176,14 +176,21 @@ def check(target: ResticProbe, ctx: RunContext) -> ProbeResult:
 class FileSource:
     """Restore access to one system's snapshots, for file restore tests.
 
-    The contract every file-backup probe kind offers: `newest(system)`, `files(point,
-    include)` (regular files as recorded, after refusing any entry that would escape a
-    restore target) and `restore(point, dest, include, timeout)`.
+    The contract every file-backup probe kind offers (drcheck.kinds.FileSource):
+    `newest(system)`, `files(point, include)` (entries as recorded, after refusing any
+    entry that would escape a restore target) and `restore(point, dest, include, timeout)`;
+    plus the confining extension (drcheck.kinds.ConfiningFileSource): restic restores run
+    confined to writing into `dest` whenever the kernel offers Landlock
+    (`confines_writes`), so a restore may start before its listing was checked.
     """
 
     def __init__(self, target: ResticProbe):
         self.target = target
         self.repo = repository(target)
+
+    @property
+    def confines_writes(self) -> bool:
+        return self.repo.confines_restores()
 
     def newest(self, system: str) -> Snapshot | None:
         return newest_for(self.target, system, self.repo)
@@ -198,10 +205,18 @@ class FileSource:
                                        entry.type or "file"))
         return listed
 
-    def restore(self, point: Snapshot, dest, include: list[str], timeout: float | None) -> None:
-        """Restore the point into dest; only `include` when the snapshot holds more."""
+    def restore(self, point: Snapshot, dest, include: list[str], timeout: float | None,
+                confined: bool = False, cancel: process.Cancel | None = None) -> None:
+        """Restore the point into dest; only `include` when the snapshot holds more.
+
+        restic is confined to writing into dest whenever Landlock is available; with
+        `confined=True` confinement is required (ResticError when it is unavailable), and
+        `cancel` (process.Cancel) may kill the restore (process.CommandCancelled)."""
         whole = not include or all(under_any(p, include) for p in point.paths)
-        self.repo.restore(point.id, dest, [] if whole else include, timeout=timeout)
+        extra: dict = {"confine_writes": True} if confined else {}
+        if cancel is not None:
+            extra["cancel"] = cancel
+        self.repo.restore(point.id, dest, [] if whole else include, timeout=timeout, **extra)
 
 
 def file_source(target: ResticProbe) -> FileSource:

@@ -15,9 +15,10 @@ import os
 import signal
 import subprocess
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
 from drcheck import procfs
 from drcheck.clients import SourceError
@@ -32,21 +33,40 @@ except (OSError, AttributeError):  # not Linux: children are still killed by pro
     _prctl = None
 
 
-def die_with_parent():
+def die_with_parent(nice: int = 0):
     """Return a `preexec_fn` making the child SIGKILLed when its parent thread dies (Linux
-    PR_SET_PDEATHSIG; None elsewhere). Compatible with `process_group=0` and
-    `start_new_session=True`. A parent that died between fork and prctl is caught by
-    comparing the parent pid, so the child then kills itself at once."""
-    if _prctl is None:
+    PR_SET_PDEATHSIG; None elsewhere), and niced by `nice`. Compatible with
+    `process_group=0` and `start_new_session=True`. A parent that died between fork and
+    prctl is caught by comparing the parent pid, so the child then kills itself at once."""
+    if _prctl is None and not nice:
         return None
     parent = os.getpid()
 
     def preexec() -> None:
-        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != parent:
-            os.kill(os.getpid(), signal.SIGKILL)
+        if _prctl is not None:
+            _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+            if os.getppid() != parent:
+                os.kill(os.getpid(), signal.SIGKILL)
+        if nice:
+            os.nice(nice)
 
     return preexec
+
+
+_priority = threading.local()
+
+
+@contextmanager
+def lowered_priority(increment: int = 10) -> Iterator[None]:
+    """Programs `run()` starts from this thread meanwhile run niced by `increment`: for work
+    off the critical path of a program running beside it (a listing checked while a restore
+    runs), so that, on a busy machine, the CPU goes to the program everyone waits for."""
+    previous = getattr(_priority, "nice", 0)
+    _priority.nice = previous + increment
+    try:
+        yield
+    finally:
+        _priority.nice = previous
 
 
 _running: set[int] = set()  # process groups started by run() and not yet reaped, any thread
@@ -59,6 +79,48 @@ class CommandTimeout(SourceError):
 
 class CommandNotFound(SourceError):
     """The program does not exist or is not executable."""
+
+
+class CommandCancelled(SourceError):
+    """The program was killed because its caller cancelled it (see `Cancel`)."""
+
+
+class Cancel:
+    """Lets one thread stop `run()` calls another thread made with `cancel=` this object.
+
+    `cancel()` kills the process group of every such call still running (`kill_group`)
+    and, at once, any started afterwards; each of those calls then raises
+    CommandCancelled. A call that had already finished is not affected.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._groups: set[int] = set()
+        self._event = threading.Event()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until cancelled (True) or `timeout` seconds passed (False)."""
+        return self._event.wait(timeout)
+
+    def cancel(self) -> None:
+        with self._lock:
+            self._event.set()
+            for pid in self._groups:
+                kill_group(pid)
+
+    def _started(self, pid: int) -> None:
+        with self._lock:
+            self._groups.add(pid)
+            if self._event.is_set():
+                kill_group(pid)
+
+    def _finished(self, pid: int) -> None:
+        with self._lock:
+            self._groups.discard(pid)
 
 
 @dataclass
@@ -76,13 +138,15 @@ def run(
     env: Mapping[str, str] | None = None,
     cwd: str | Path | None = None,
     stdout_path: Path | None = None,
+    cancel: Cancel | None = None,
 ) -> Completed:
     """Run argv (no shell) and return its exit status and output.
 
     `env` is added to a minimal environment (PATH, HOME, LANG, TMPDIR), so the agent's own
     variables, secrets included, do not leak into children. When `stdout_path` is given,
     stdout streams to that file instead of memory. Raise CommandTimeout (after killing the
-    process group) or CommandNotFound.
+    process group), CommandNotFound, or CommandCancelled when `cancel` was cancelled while
+    the program ran.
     """
     full_env = {k: os.environ[k] for k in ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR") if k in os.environ}
     full_env.update(env or {})
@@ -90,7 +154,7 @@ def run(
     try:
         proc = subprocess.Popen(
             list(argv), stdout=out, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-            env=full_env, cwd=cwd, process_group=0, preexec_fn=die_with_parent(),
+            env=full_env, cwd=cwd, process_group=0, preexec_fn=die_with_parent(getattr(_priority, "nice", 0)),
         )
     except (FileNotFoundError, PermissionError) as exc:
         raise CommandNotFound(f"{argv[0]}: {exc.strerror}") from None
@@ -99,6 +163,8 @@ def run(
             out.close()
     with _running_lock:
         _running.add(proc.pid)
+    if cancel is not None:
+        cancel._started(proc.pid)
     try:
         stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -110,8 +176,12 @@ def run(
         proc.wait()
         raise
     finally:
+        if cancel is not None:
+            cancel._finished(proc.pid)
         with _running_lock:
             _running.discard(proc.pid)
+    if cancel is not None and cancel.cancelled and proc.returncode != 0:
+        raise CommandCancelled(f"{Path(argv[0]).name} cancelled")
     return Completed(
         list(argv), proc.returncode,
         stdout.decode(errors="replace") if stdout is not None else "",

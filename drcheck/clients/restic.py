@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
+from drcheck import confine
 from drcheck.clients import SourceError, process
 from drcheck.secrets import SecretRef
 
@@ -211,17 +213,36 @@ class ResticRepository:
         if isinstance(known, str):
             raise ResticError(known)
 
-    def _run(self, args: Sequence[str], *, timeout: float | None = None, stdout_path: Path | None = None):
+    def _run(self, args: Sequence[str], *, timeout: float | None = None, stdout_path: Path | None = None,
+             writable: Sequence[Path] | None = None, cancel: process.Cancel | None = None):
+        """Run restic with `args`. With `writable`, restic runs confined (drcheck.confine) to
+        writing below those paths plus what it needs itself (its cache, a private temporary
+        directory, a local repository's locks/, /dev/null)."""
         self._verify_command()
         argv = [self.command, "--no-lock" if args[0] in ("snapshots", "ls", "stats") else "", *args]
         argv = [a for a in argv if a]
         log.debug("running %s", " ".join(argv))
+        env = self._env()
+        private_tmp = None
         try:
-            done = process.run(argv, timeout=timeout or self.timeout, env=self._env(), stdout_path=stdout_path)
+            if writable is not None:
+                private_tmp = tempfile.mkdtemp(prefix="drcheck-restic-")
+                os.makedirs(env["RESTIC_CACHE_DIR"], exist_ok=True)
+                env["TMPDIR"] = private_tmp
+                allowed = [*map(str, writable), env["RESTIC_CACHE_DIR"], private_tmp, "/dev/null"]
+                locks = _local_locks(self.repository)
+                if locks is not None:
+                    allowed.append(str(locks))
+                argv = confine.command(argv, allowed)
+            done = process.run(argv, timeout=timeout or self.timeout, env=env, stdout_path=stdout_path,
+                               cancel=cancel)
         except process.CommandNotFound as exc:
             raise ResticError(f"restic command not found: {exc}") from None
         except process.CommandTimeout as exc:
             raise ResticError(str(exc)) from None
+        finally:
+            if private_tmp is not None:
+                shutil.rmtree(private_tmp, ignore_errors=True)
         if done.returncode != 0:
             if args[0] == "restore":
                 lost, packs, message = lost_files(done.stderr)
@@ -292,12 +313,38 @@ class ResticRepository:
             args += ["--time", when.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")]
         self._run([*args, *map(str, paths)])
 
-    def restore(self, snapshot_id: str, target: Path, include: Sequence[str] = (), timeout: float | None = None) -> None:
-        """Restore a snapshot (or the `include` paths of it) into `target`."""
+    @staticmethod
+    def confines_restores() -> bool:
+        """True when restores run confined to writing into their target (Linux Landlock)."""
+        return confine.available()
+
+    def restore(self, snapshot_id: str, target: Path, include: Sequence[str] = (), timeout: float | None = None,
+                *, confine_writes: bool | None = None, cancel: process.Cancel | None = None) -> None:
+        """Restore a snapshot (or the `include` paths of it) into `target`.
+
+        restic runs confined to writing below `target` (and its own cache, a private
+        temporary directory and a local repository's locks) whenever the kernel can enforce
+        it: `confine_writes=None` (default) confines when `confines_restores()`, True
+        requires it (raise ResticError when unavailable), False never confines. `cancel`
+        (process.Cancel) lets another thread kill the restore; it then raises
+        process.CommandCancelled."""
+        confined = self.confines_restores() if confine_writes is None else confine_writes
+        if confined and not self.confines_restores():
+            raise ResticError("cannot confine restic's writes to the restore target: Landlock is not available")
         args = ["restore", snapshot_id, "--target", str(target)]
         for path in include:
             args += ["--include", path]
-        self._run(args, timeout=timeout)
+        self._run(args, timeout=timeout, writable=[target] if confined else None, cancel=cancel)
+
+
+def _local_locks(repository: str) -> Path | None:
+    """The locks/ directory of a repository on a local path (None for remote ones)."""
+    if repository.startswith("local:"):
+        repository = repository[len("local:"):]
+    elif re.match(r"^[A-Za-z][A-Za-z0-9+]*:", repository):
+        return None  # sftp:, s3:, rest:, rclone:, …: restic writes its locks over the network
+    locks = Path(repository) / "locks"
+    return locks if locks.is_dir() else None
 
 
 def _cache_dir() -> str:

@@ -49,6 +49,8 @@ def test_probe_module_meets_its_protocol(kind):
         assert issubclass(module.Target, kinds.FileBackupTarget)
         source_class = typing.get_type_hints(module.file_source)["return"]
         assert kinds.conformance_problems(source_class, kinds.FileSource) == []
+        if hasattr(source_class, "confines_writes"):  # may restore before the listing was checked
+            assert kinds.conformance_problems(source_class, kinds.ConfiningFileSource) == []
     if hasattr(module, "lab_repository"):
         lab_class = typing.get_type_hints(module.lab_repository)["return"]
         assert kinds.conformance_problems(lab_class, kinds.LabRepository) == []
