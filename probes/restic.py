@@ -56,6 +56,12 @@ class ResticProbe(FileBackupTarget):
         default_factory=ActionConfig, description="list snapshots and map them to systems (default limit 10m)"
     )
     check: RepositoryCheck = Field(default_factory=RepositoryCheck, description="repository integrity check")
+    confine_restores: bool = Field(
+        True, strict=True,
+        description="run restores confined by Landlock to the sandbox, restic's cache and a private temp dir "
+                    "(when the kernel offers it); turn off only for backends whose helper must write elsewhere "
+                    "(an sftp: repository whose ssh keeps a ControlMaster socket under ~/.ssh)",
+    )
     wrong_source: WrongSourceConfig = Field(
         default_factory=WrongSourceConfig,
         description="flag a newest snapshot that misses a system's paths or shrank (measured once per snapshot "
@@ -190,7 +196,7 @@ class FileSource:
 
     @property
     def confines_writes(self) -> bool:
-        return self.repo.confines_restores()
+        return self.target.confine_restores and self.repo.confines_restores()
 
     def newest(self, system: str) -> Snapshot | None:
         return newest_for(self.target, system, self.repo)
@@ -214,6 +220,8 @@ class FileSource:
         `cancel` (process.Cancel) may kill the restore (process.CommandCancelled)."""
         whole = not include or all(under_any(p, include) for p in point.paths)
         extra: dict = {"confine_writes": True} if confined else {}
+        if not self.target.confine_restores:
+            extra["confine_writes"] = False
         if cancel is not None:
             extra["cancel"] = cancel
         self.repo.restore(point.id, dest, [] if whole else include, timeout=timeout, **extra)

@@ -190,8 +190,8 @@ def test_unknown_nested_key_lists_expected_keys(builders, errors_for):
     cfg["probes"]["local-repo"]["systems"][0]["host"] = "sis01"
     cfg["probes"]["offsite-repo"]["password"]["value"] = "x"
     assert sorted(errors_for(cfg)) == [
-        "drcheck.toml: probes.local-repo.repo: unknown key (expected one of: check, copy, environment, "
-        "kind, password, repository, restic_command, snapshots, systems, wrong_source)",
+        "drcheck.toml: probes.local-repo.repo: unknown key (expected one of: check, confine_restores, copy, "
+        "environment, kind, password, repository, restic_command, snapshots, systems, wrong_source)",
         "drcheck.toml: probes.local-repo.systems[0].host: unknown key (expected one of: hosts, name_glob, paths, system, tags)",
         "drcheck.toml: probes.offsite-repo.password.value: unknown key (expected one of: credential, env, file)",
     ]

@@ -212,3 +212,20 @@ def test_programs_started_with_lowered_priority_run_niced():
         niced = int(process.run(["nice"], timeout=30).stdout)
     assert niced == min(base + 5, 19)
     assert int(process.run(["nice"], timeout=30).stdout) == base
+
+
+def test_confinement_can_be_turned_off_per_probe_and_then_nothing_overlaps(lab, tmp_path):
+    import tomllib
+
+    config = tomllib.loads((tmp_path / "drcheck.toml").read_text())
+    config["probes"]["repo"]["confine_restores"] = False  # e.g. an sftp: repository's ssh must write ~/.ssh
+    (tmp_path / "drcheck.toml").write_text(tomli_w.dumps(config))
+    lab.loaded = load(tmp_path / "drcheck.toml")
+    lab.probe()
+    lab.hold = set()
+
+    result, _ = lab.restore_test()
+
+    assert result.status is Status.PASSED, result.reason
+    (restore,) = lab.restores
+    assert restore["confine_writes"] is False and lab.events.index("ls a end") < lab.events.index("restore a start")
