@@ -22,7 +22,7 @@ test: system-python
 bench: system-python
 	@scripts/install-system-deps $(DEMO_DEBS)
 	@$(MAKE) --no-print-directory $(VENV)/.installed-test
-	$(BIN)/python bench/run_all.py
+	$(BIN)/python bench/run_all.py --json var/bench/results.json
 
 run: $(VENV)/.installed-runtime
 	$(BIN)/drcheck --config drcheck.toml -v run

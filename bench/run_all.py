@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         os.unlink(rows_path)
     if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
         print(f"{len(rows)} figures written to {args.json}")
     if failed:
