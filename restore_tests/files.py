@@ -169,11 +169,7 @@ def _sequential(target, ctx: RunContext, probe_cfg, source, result: RestoreTestR
         t0 = time.perf_counter()
         with watch_progress(ctx, dest, result.bytes_restored), timeline.span("restore"):
             source.restore(point, dest, prep.include, timeout)
-        result.restore_seconds = time.perf_counter() - t0
-        ctx.progress("verifying")
-        with timeline.span("verify"):
-            verdicts = _verify(target, ctx, dest, spot_run, complete, prep.layout, prep.live_roots, result)
-        result.verify_seconds = time.perf_counter() - t0 - result.restore_seconds
+        verdicts = _verify_restored(target, ctx, dest, spot_run, complete, prep, result, timeline, t0)
         cleanup = timeline.start("cleanup")
     cleanup()
     _judge(result, verdicts)
@@ -223,14 +219,22 @@ def _overlapped(target, ctx: RunContext, probe_cfg, source, guess: "_RecordedPoi
         complete = _start_completeness(target, ctx, background, prep, point)
         restoring.result()
         watcher.finish()
-        result.restore_seconds = time.perf_counter() - t0
-        ctx.progress("verifying")
-        with timeline.span("verify"):
-            verdicts = _verify(target, ctx, dest, spot_run, complete, prep.layout, prep.live_roots, result)
-        result.verify_seconds = time.perf_counter() - t0 - result.restore_seconds
+        verdicts = _verify_restored(target, ctx, dest, spot_run, complete, prep, result, timeline, t0)
         cleanup = timeline.start("cleanup")
     cleanup()
     _judge(result, verdicts)
+
+
+def _verify_restored(target, ctx: RunContext, dest: Path, spot_run, complete, prep, result: RestoreTestResult,
+                     timeline: Timeline, t0: float):
+    """The restore (started at perf-counter `t0`) has ended: record its time, run every
+    check against the sandbox, record the verify time; return the check results."""
+    result.restore_seconds = time.perf_counter() - t0
+    ctx.progress("verifying")
+    with timeline.span("verify"):
+        verdicts = _verify(target, ctx, dest, spot_run, complete, prep.layout, prep.live_roots, result)
+    result.verify_seconds = time.perf_counter() - t0 - result.restore_seconds
+    return verdicts
 
 
 def _niced(func):
