@@ -160,8 +160,9 @@ def _sequential(target, ctx: RunContext, probe_cfg, source, result: RestoreTestR
         return
     prep = _prepare(target, probe_cfg, point, entries, result)
     timeout = (target.timeout or ctx.loaded.config.agent.job_timeout).total_seconds()
-    spot_run = _spot_run(target, prep)
+    # refuse before the spot check starts hashing the live source: nothing must be left running
     require_space(ctx.loaded.config.agent.sandbox_root, result.bytes_restored, len(prep.files), f"{target.system}")
+    spot_run = _spot_run(target, prep)
     with sandbox(ctx.store, ctx.loaded.config.agent.sandbox_root, ctx.name, target.target_dir) as dest, \
             (spot_run or nullcontext()), ThreadPoolExecutor(max_workers=1) as background:
         complete = _start_completeness(target, ctx, background, prep, point)  # metadata only: runs while restoring
