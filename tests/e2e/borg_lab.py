@@ -35,6 +35,7 @@ class BorgLab(DrcheckSide):
     """Source tree for system "app" at `source`, a repository and a config in `root`."""
 
     default_action = "archives"
+    blob_bytes = 256 * 1024
 
     def __init__(self, root: Path):
         self.root = root
@@ -51,28 +52,6 @@ class BorgLab(DrcheckSide):
         self.populate()
         self.borg("init", "--encryption", "repokey-blake2")
         self.configure()
-
-    # -- the live source ----------------------------------------------------------------
-
-    def populate(self) -> None:
-        import sqlite3
-
-        (self.source / "data").mkdir(parents=True)
-        with sqlite3.connect(self.source / "data" / "important.db") as db:
-            db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
-            db.executemany("INSERT INTO t (v) VALUES (?)", [(f"row {i}",) for i in range(500)])
-        db.close()
-        for i in range(30):
-            self.write(f"docs/doc{i:02d}.txt", f"document {i}\n" * (50 + i))
-        self.write("blob.bin", os.urandom(256 * 1024))
-
-    def write(self, rel: str, content: str | bytes, mtime: float | None = None) -> Path:
-        path = self.source / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(content.encode() if isinstance(content, str) else content)
-        if mtime is not None:
-            os.utime(path, (mtime, mtime))
-        return path
 
     # -- borg -----------------------------------------------------------------------------
 

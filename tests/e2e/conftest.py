@@ -50,14 +50,38 @@ def deep_merge(base: dict, extra: dict) -> dict:
 
 
 class DrcheckSide:
-    """The drcheck side every lab shares: its config (`base_config()` deep-merged with
-    overrides), store, probe and restore-test runs, and the CLI. A lab sets `root`,
+    """What every lab shares: the live source of system "app" (a database, documents and a
+    blob) and the drcheck side: its config (`base_config()` deep-merged with overrides),
+    store, probe and restore-test runs, and the CLI. A lab sets `root`, `source`,
     `config_path`, `sandbox_root` and `default_action` (its kind's listing action)."""
 
     root: Path
+    source: Path
     config_path: Path
     sandbox_root: Path
     default_action = "snapshots"
+    blob_bytes = 64 * 1024
+
+    # -- the live source ----------------------------------------------------------------
+
+    def populate(self) -> None:
+        (self.source / "data").mkdir(parents=True)
+        with sqlite3.connect(self.source / "data" / "important.db") as db:
+            db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+            db.executemany("INSERT INTO t (v) VALUES (?)", [(f"row {i}",) for i in range(500)])
+        db.close()
+        for i in range(30):
+            self.write(f"docs/doc{i:02d}.txt", f"document {i}\n" * (50 + i))
+        self.write("blob.bin", os.urandom(self.blob_bytes))
+
+    def write(self, rel: str, content: str | bytes, mtime: float | None = None) -> Path:
+        path = self.source / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content.encode() if isinstance(content, str) else content)
+        if mtime is not None:
+            os.utime(path, (mtime, mtime))
+        return path
+
 
     @property
     def database(self) -> Path:
@@ -116,26 +140,6 @@ class ResticLab(DrcheckSide):
         self.populate()
         self.restic("init")
         self.configure()
-
-    # -- the live source ----------------------------------------------------------------
-
-    def populate(self) -> None:
-        (self.source / "data").mkdir(parents=True)
-        with sqlite3.connect(self.source / "data" / "important.db") as db:
-            db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
-            db.executemany("INSERT INTO t (v) VALUES (?)", [(f"row {i}",) for i in range(500)])
-        db.close()
-        for i in range(30):
-            self.write(f"docs/doc{i:02d}.txt", f"document {i}\n" * (50 + i))
-        self.write("blob.bin", os.urandom(64 * 1024))
-
-    def write(self, rel: str, content: str | bytes, mtime: float | None = None) -> Path:
-        path = self.source / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(content.encode() if isinstance(content, str) else content)
-        if mtime is not None:
-            os.utime(path, (mtime, mtime))
-        return path
 
     # -- restic -------------------------------------------------------------------------
 
