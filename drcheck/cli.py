@@ -191,7 +191,7 @@ def _probe_verdicts(loaded: LoadedConfig, store, name: str) -> list:
 @pass_state
 def restore_test(state: State, name: str, as_json: bool, timeout: float | None) -> None:
     """Run restore test NAME once: restore, verify, measure, clean up."""
-    from drcheck.engine import arm_timeout, raise_on_sigterm, run_restore_test
+    from drcheck.engine import arm_timeout, raise_on_sigterm, run_restore_tests, worst
 
     loaded = state.loaded()
     _require(name, loaded.config.restore_tests, "restore test")
@@ -199,15 +199,17 @@ def restore_test(state: State, name: str, as_json: bool, timeout: float | None) 
     arm_timeout(timeout)
     with state.store() as store:
         if as_json or not err.is_terminal:
-            result = run_restore_test(loaded, store, name)
+            results = run_restore_tests(loaded, store, name)
         else:
             with ProgressView() as view:
-                result = run_restore_test(loaded, store, name, progress=view)
+                results = run_restore_tests(loaded, store, name, progress=view)
     if as_json:
-        click.echo(json.dumps(_restore_json(result), indent=2))
+        payload = [_restore_json(r) for r in results]
+        click.echo(json.dumps(payload[0] if len(payload) == 1 else payload, indent=2))
     else:
-        _print_restore(loaded, result)
-    sys.exit(_exit_for(result.status))
+        for result in results:
+            _print_restore(loaded, result)
+    sys.exit(_exit_for(worst(results).status))
 
 
 @cli.group()

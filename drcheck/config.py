@@ -20,6 +20,7 @@ from drcheck.config_types import ConfigPath, Duration, Name, Schedule, Strict
 from drcheck.kinds import target_models
 from drcheck.probes import REGISTRY as PROBE_KINDS
 from drcheck.restore_tests import REGISTRY as RESTORE_TEST_KINDS
+from drcheck.vm_select import VmSelector, asset_selectors
 
 
 class AgentConfig(Strict):
@@ -192,6 +193,14 @@ class Runbook(Strict):
     mtd: Duration = Field(..., description="maximum tolerable downtime")
     wrt: Duration | None = Field(None, description="work recovery time after restore")
     depends_on: list[Name] = Field(default_factory=list, description="systems to recover first")
-    assets: list[str] = Field(default_factory=list, description="servers, VMs, databases it runs on")
+    assets: list[str] = Field(
+        default_factory=list,
+        description="servers, VMs, databases it runs on; 'vm:NAME' (or 'vm:/DC/vm/folder/NAME') names an "
+                    "inventory VM, whose absence from vCenter is reported")
+    vms: list[VmSelector] = Field(
+        default_factory=list, description="further VMs of the system, by name pattern, folder, custom attribute or UUID")
     recovery_steps: list[RecoveryStep] = Field(default_factory=list, description="human runbook")
 
+    def vm_selectors(self) -> list[VmSelector]:
+        """Every selector naming the system's VMs: the `vm:` assets, then `vms`."""
+        return asset_selectors(self.assets) + list(self.vms)

@@ -295,7 +295,8 @@ def cross_reference_errors(loaded: LoadedConfig) -> list[str]:
     for name, copy in cfg.copies.items():
         report(f"copies.{name}.site", known("site", copy.site, cfg.sites))
     for name, probe in cfg.probes.items():
-        report(f"probes.{name}.copy", known("copy", probe.copy, cfg.copies))
+        if probe.copy is not None:
+            report(f"probes.{name}.copy", known("copy", probe.copy, cfg.copies))
         for key, message in probe.references(loaded):
             report(f"probes.{name}" + (f".{key}" if key else ""), message)
     for name, test in cfg.restore_tests.items():

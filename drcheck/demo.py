@@ -137,7 +137,7 @@ def run_demo(state) -> int:
     """Build the lab and run one cycle; return the exit status for the CLI: 0 when every
     result is what the lab was built to produce (all good but the stale systems)."""
     from drcheck import console
-    from drcheck.engine import open_store, probe_actions, run_probe, run_restore_test
+    from drcheck.engine import open_store, probe_actions, run_probe, run_restore_tests
     from drcheck.metrics import write_textfile
     from drcheck.reporting import render_weekly
     from drcheck.status import system_statuses
@@ -160,14 +160,16 @@ def run_demo(state) -> int:
         for name in loaded.config.restore_tests:
             if console.err.is_terminal:
                 with console.ProgressView() as view:
-                    result = run_restore_test(loaded, store, name, progress=view)
+                    results = run_restore_tests(loaded, store, name, progress=view)
             else:
-                result = run_restore_test(loaded, store, name)
-            say(f"  {name}: {console.styled(result.status.value)} "
-                f"(RTO {format_duration(result.rto_seconds)}, RPO {format_duration(result.rpo_seconds)})"
-                + (f" — {escape(result.reason)}" if result.reason else ""))
-            if not result.status.good and result.system not in STALE_SYSTEMS:
-                unexpected.append(f"{name}: {result.reason}")
+                results = run_restore_tests(loaded, store, name)
+            for result in results:
+                subject = f" {result.details['vm']}" if "vm" in result.details else ""
+                say(f"  {name}{escape(subject)}: {console.styled(result.status.value)} "
+                    f"(RTO {format_duration(result.rto_seconds)}, RPO {format_duration(result.rpo_seconds)})"
+                    + (f" — {escape(result.reason)}" if result.reason else ""))
+                if not result.status.good and result.system not in STALE_SYSTEMS:
+                    unexpected.append(f"{name}: {result.reason}")
         say("[bold]4. Status[/]")
         now = utcnow()
         console.print_status_table(loaded, system_statuses(loaded, store, now))

@@ -135,8 +135,16 @@ def _run_probe(loaded, store, name, action, target, func, progress) -> ProbeResu
 
 def run_restore_test(loaded: LoadedConfig, store: Store, name: str,
                      progress: Progress = no_progress) -> RestoreTestResult:
-    """Run restore test `name`, record and return the result. Leftover sandboxes of dead
-    runs are reaped first. An interruption (SIGTERM) is recorded, then re-raised.
+    """Run restore test `name` (see `run_restore_tests`); return its result, or for a run
+    that tested several things (a rotation over VMs), the worst of them."""
+    return worst(run_restore_tests(loaded, store, name, progress))
+
+
+def run_restore_tests(loaded: LoadedConfig, store: Store, name: str,
+                      progress: Progress = no_progress) -> list[RestoreTestResult]:
+    """Run restore test `name`, record and return its results: one, or one per thing a
+    rotation tested. Leftover resources of dead runs are reaped first. An interruption
+    (SIGTERM) is recorded, then re-raised.
 
     Only one run of a test happens at a time across every process sharing the state
     directory: a run that finds another one in progress records a SKIPPED result (never a
@@ -151,36 +159,46 @@ def run_restore_test(loaded: LoadedConfig, store: Store, name: str,
                                     f"skipped: {busy}; runs of one restore test never overlap")
         result.status = Status.SKIPPED
         store.record_restore_test(result)
-        return result
+        return [result]
 
 
-def _run_restore_test(loaded: LoadedConfig, store: Store, name: str, progress: Progress) -> RestoreTestResult:
+_BADNESS = {Status.ERROR: 3, Status.FAILED: 2, Status.SKIPPED: 1}
+
+
+def worst(results: list[RestoreTestResult]) -> RestoreTestResult:
+    """The result that matters most: an error, else a failure, else the last one."""
+    return max(reversed(results), key=lambda r: _BADNESS.get(r.status, 0))
+
+
+def _run_restore_test(loaded: LoadedConfig, store: Store, name: str, progress: Progress) -> list[RestoreTestResult]:
     reap_orphans(loaded, store)
     target = loaded.config.restore_tests[name]
     ctx = RunContext(name=name, loaded=loaded, store=store, progress=progress)
     started = utcnow()
     try:
         placement.check_at_run_time(loaded, name)
-        result = restore_test_module(target.kind).run(target, ctx)
+        outcome = restore_test_module(target.kind).run(target, ctx)
     except (Interrupted, KeyboardInterrupt) as exc:
         store.record_restore_test(restore_test_error(loaded, name, started, str(exc) or "interrupted"))
         raise
     except STORE_ERRORS:
         raise
     except placement.PlacementRefused as exc:
-        result = restore_test_error(loaded, name, started, str(exc))
+        outcome = restore_test_error(loaded, name, started, str(exc))
     except Exception as exc:
         log.exception("restore test %s crashed", name)
-        result = restore_test_error(loaded, name, started, f"internal error: {type(exc).__name__}: {exc}")
-    if not result.status.good and diskspace.is_full(result.reason) and "disk full" not in result.reason:
-        # restic's "no space left on device" (or ENOSPC) names neither the disk nor the sizes;
-        # and a full sandbox says nothing about the backup: drcheck could not test (ERROR)
-        result.status = Status.ERROR
-        result.reason = f"{diskspace.explain_full(loaded.config.agent.sandbox_root, result.bytes_restored)}: " \
-                        f"{result.reason}"
-    store.record_restore_test(result)
-    log.info("restore test %s: %s %s", name, result.status.value, result.reason)
-    return result
+        outcome = restore_test_error(loaded, name, started, f"internal error: {type(exc).__name__}: {exc}")
+    results = outcome if isinstance(outcome, list) else [outcome]
+    for result in results:
+        if not result.status.good and diskspace.is_full(result.reason) and "disk full" not in result.reason:
+            # restic's "no space left on device" (or ENOSPC) names neither the disk nor the sizes;
+            # and a full sandbox says nothing about the backup: drcheck could not test (ERROR)
+            result.status = Status.ERROR
+            result.reason = f"{diskspace.explain_full(loaded.config.agent.sandbox_root, result.bytes_restored)}: " \
+                            f"{result.reason}"
+        store.record_restore_test(result)
+        log.info("restore test %s: %s %s", name, result.status.value, result.reason)
+    return results
 
 
 def plant_canary(loaded: LoadedConfig, store: Store, name: str, now: Callable = utcnow) -> Path:

@@ -49,7 +49,7 @@ class ProbeTarget(Strict):
     """Keys every probe has, whatever its kind."""
 
     kind: str
-    copy: Name = Field(..., description="the copy (from [copies]) this source is")
+    copy: Name | None = Field(None, description="the copy (from [copies]) this source is, if it is one")
 
     def systems_covered(self) -> set[str]:
         """The systems (runbook names) whose restore points this probe reports."""
@@ -65,6 +65,7 @@ class FileBackupTarget(ProbeTarget):
     """Keys of every file-level backup kind (restic, borg): rules mapping its restore
     points to systems, whose `paths` are also where the live source is."""
 
+    copy: Name = Field(..., description="the copy (from [copies]) this source is")
     systems: list[SystemMapping] = Field(..., min_length=1, description="restore-point-to-system rules")
 
     def systems_covered(self) -> set[str]:
@@ -216,11 +217,13 @@ class LabRepository(Protocol):
 @runtime_checkable
 class RestoreTestModule(Protocol):
     """`restore_tests/<kind>.py`: `run(target, ctx)` restores into a leased sandbox,
-    verifies, measures and always cleans up; `Target` is its config model."""
+    verifies, measures and always cleans up; `Target` is its config model. A run that
+    tests several things (a rotation over VMs) returns one result per thing tested, in
+    the order tested; the engine records each."""
 
     Target: type[RestoreTestTarget]
 
-    def run(self, target: Any, ctx: "RunContext") -> "RestoreTestResult": ...
+    def run(self, target: Any, ctx: "RunContext") -> "RestoreTestResult | list[RestoreTestResult]": ...
 
 
 # -- registries ------------------------------------------------------------------------

@@ -8,4 +8,5 @@ list of kinds: a new kind is its module, its client, one line here and its tests
 REGISTRY: dict[str, str] = {
     "restic": "drcheck.probes.restic",
     "borg": "drcheck.probes.borg",
+    "vmware": "drcheck.probes.vmware",
 }

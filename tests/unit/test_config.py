@@ -204,7 +204,7 @@ def test_unknown_key_in_runbook(builders, errors_for):
     assert errors_for(builders.valid_config(), runbooks) == [
         "runbooks/fileserver.toml: recovery_steps[0].who: unknown key (expected one of: action, expected_duration, owner)",
         "runbooks/sis.toml: owners: unknown key (expected one of: assets, depends_on, description, mtd, name, "
-        "owner, recovery_steps, rpo, rto, tier, wrt)",
+        "owner, recovery_steps, rpo, rto, tier, vms, wrt)",
     ]
 
 
