@@ -73,8 +73,9 @@ CATALOGUE: dict[str, MetricSpec] = {m.name: m for m in (
                "time of the newest restore point of a system in a copy", ("system", "copy")),
     MetricSpec("drcheck_restore_points", "restore points of a system in a copy", ("system", "copy")),
     MetricSpec("drcheck_unprotected_assets",
-               "configured systems with no restore point at all in the copy a probe lists "
-               "(failing R2.backup_age), per probe", ("source",)),
+               "per probe: configured systems with no restore point at all in the copy it lists "
+               "(failing R2.backup_age), or inventory VMs with no restore point within their RPO and no "
+               "unexpired exclusion (failing R3.vm_protected)", ("source",)),
     # restore tests
     MetricSpec("drcheck_restore_test_last_run_timestamp_seconds", "start of the latest restore test", _TEST),
     MetricSpec("drcheck_restore_test_last_passed", "1 when the latest restore test passed, else 0", _TEST),

@@ -197,15 +197,18 @@ def rule_passing(results) -> dict[tuple[str, str], bool]:
 
 
 def unprotected_by_probe(results) -> dict[str, int]:
-    """probe -> systems whose R2.backup_age result for the probe's copy fails because its
-    latest listing holds no restore point of them at all (0 for a probe whose systems all
-    have one); only probes with a listing judged appear."""
+    """probe -> what it watches that has no protection: for a backup probe, systems whose
+    R2.backup_age result for its copy fails because its latest listing holds no restore
+    point of them at all; for an inventory probe, its VMs failing R3.vm_protected (0 when
+    none). Only probes with a listing or an inventory judged appear."""
     from drcheck.rules import has_no_restore_point
 
     counts: dict[str, int] = {}
     for result in results:
         if result.rule == "R2.backup_age" and result.probe is not None:
             counts[result.probe] = counts.get(result.probe, 0) + has_no_restore_point(result)
+        elif result.rule == "R3.vm_protected" and result.probe is not None:
+            counts[result.probe] = counts.get(result.probe, 0) + (not result.passed)
     return counts
 
 

@@ -41,6 +41,10 @@ RULES: dict[str, Rule] = {r.id: r for r in (
          ("NIST CP-2a.2", "SP 800-34 §3.2.1", "ISO 27001 A.5.30")),
     Rule("R2.backup_age", "newest restore point in each copy is within the RPO", Severity.CRITICAL,
          ("NIST CP-9a-c", "CIS 11.2", "ISO 27001 A.8.13")),
+    Rule("R3.vm_protected", "every inventory VM has a restore point within its RPO or a documented exclusion",
+         Severity.CRITICAL, ("NIST CP-9a", "CIS 11.2", "ISO 27001 A.8.13")),
+    Rule("R3.runbook_vm", "every VM a runbook names is in the inventory", Severity.WARNING,
+         ("NIST CP-2a", "NIST CM-8")),
     Rule("R8.test_configured", "the system has a restore test", Severity.CRITICAL,
          ("NIST CP-4", "NIST CP-9(1)", "CIS 11.5")),
     Rule("R8.test_cadence", "restore tests run on schedule", Severity.WARNING,
@@ -97,6 +101,7 @@ class Facts:
     measured: dict[str, dict[tuple[str, str], dict]] = field(default_factory=dict)  # column -> latest measuring run
     passed: dict[tuple[str, str], datetime] = field(default_factory=dict)  # last passed start
     findings: dict[str, list[dict]] = field(default_factory=dict)  # system -> current findings
+    assets: list[dict] = field(default_factory=list)  # current inventory and backup-object assets
     # the configuration's maps, built once rather than searched per system
     probes_of: dict[str, list[str]] = field(default_factory=dict)  # system -> probes covering it
     tests_of: dict[str, list[str]] = field(default_factory=dict)  # system -> its restore tests
@@ -118,6 +123,7 @@ class Facts:
         facts.passed = {(r["system"], r["test"]): parse_ts(r["started_at"]) for r in store.last_successful_tests()}
         facts.measured = {column: {(r["system"], r["test"]): r for r in store.latest_measuring(column)}
                           for column in ("rto_seconds", "rpo_seconds")}
+        facts.assets = store.current_assets()
         for row in store.findings_of_latest_runs():
             if row["probe"] in cfg.probes and row["system"] and row["severity"] == Severity.CRITICAL.value:
                 facts.findings.setdefault(row["system"], []).append(row)
@@ -128,13 +134,16 @@ Check = Callable[[LoadedConfig, Facts, str, datetime], Iterator[RuleResult]]
 
 
 def evaluate(loaded: LoadedConfig, store: Store, now: datetime, facts: Facts | None = None) -> list[RuleResult]:
-    """Judge every rule for every runbook system; return passing and failing results, in
-    system then rule order."""
+    """Judge every rule for every runbook system, then the rules about the inventory as a
+    whole (R3: one result per VM and per runbook-named VM); return passing and failing
+    results, in that order."""
     facts = facts or Facts.read(loaded, store)
     results: list[RuleResult] = []
     for system in sorted(loaded.runbooks):
         for check in CHECKS:
             results.extend(check(loaded, facts, system, now))
+    for inventory_check in INVENTORY_CHECKS:
+        results.extend(inventory_check(loaded, facts, now))
     return results
 
 
@@ -281,3 +290,55 @@ def _measured(rb, system: str, name: str, facts: Facts) -> Iterator[RuleResult]:
 
 
 CHECKS: tuple[Check, ...] = (_targets, _watched, _probe_health, _tests)
+
+
+# -- rules over the inventory as a whole ---------------------------------------------------
+
+
+def _vm_protected(loaded: LoadedConfig, facts: Facts, now: datetime) -> Iterator[RuleResult]:
+    from drcheck.protection import reconcile
+
+    for vm in reconcile(loaded, facts.assets):
+        yield vm_verdict(vm, now)
+
+
+def vm_verdict(vm, now: datetime) -> RuleResult:
+    """R3.vm_protected for one reconciled VM (`drcheck.protection.VmProtection`)."""
+    age, best, state = vm.age_seconds(now), vm.newest(), vm.state(now)
+    rpo = format_duration(vm.rpo_seconds)
+    if state == "protected":
+        message = f"VM {vm.path}: newest restore point in {best.copy} is {format_duration(age)} old (RPO {rpo})"
+    elif state == "excluded":
+        e = vm.exclusion
+        message = f"VM {vm.path} is excluded until {e.expires} by {e.owner}: {e.reason}"
+    else:
+        expired = f"; its exclusion expired on {vm.exclusion.expires} ({vm.exclusion.owner})" if vm.exclusion else ""
+        if best is None:
+            message = f"VM {vm.path} is unprotected: no restore point in any copy{expired}"
+        else:
+            message = (f"VM {vm.path} is unprotected: newest restore point ({best.copy}) is "
+                       f"{format_duration(age)} old, over its RPO {rpo}{expired}")
+    evidence = (("assets", vm.row["id"]),) + tuple(("assets", c.asset_row) for c in vm.coverage)
+    return RuleResult("R3.vm_protected", vm.systems[0] if vm.systems else None, state in ("protected", "excluded"),
+                      message, measured=age, threshold=vm.rpo_seconds, evidence=evidence, subject=vm.path,
+                      probe=vm.probe)
+
+
+def _runbook_vms(loaded: LoadedConfig, facts: Facts, now: datetime) -> Iterator[RuleResult]:
+    from drcheck.protection import missing_claims
+
+    for system, selector, found in missing_claims(loaded, facts.assets):
+        yield RuleResult("R3.runbook_vm", system, found,
+                         f"runbook names VM {selector.describe()}, "
+                         + ("found in the inventory" if found else "which no vCenter inventory has"),
+                         subject=selector.describe())
+
+
+InventoryCheck = Callable[[LoadedConfig, Facts, datetime], Iterator[RuleResult]]
+INVENTORY_CHECKS: tuple[InventoryCheck, ...] = (_vm_protected, _runbook_vms)
+
+
+def unprotected_vms(results: list[RuleResult]) -> list[RuleResult]:
+    """The failing R3.vm_protected results: VMs unprotected (no restore point within RPO,
+    no unexpired exclusion)."""
+    return [r for r in results if r.rule == "R3.vm_protected" and not r.passed]

@@ -27,6 +27,7 @@ from drcheck.config_types import (SECRET_HINT, ConfigPath, Duration, Environment
 from drcheck.coverage import PointFacts, WrongSourceConfig, wrong_source
 from drcheck.kinds import ActionConfig, FileBackupTarget, integrity_check
 from drcheck.mapping import SystemMapping, by_system
+from drcheck.protection import backed_up
 from drcheck.results import Finding, ProbeResult, RestorePoint, Severity, SnapshotFile, Status
 from drcheck.sandbox import SandboxRefused, check_entry
 from drcheck.secrets import write_secret_file
@@ -129,8 +130,10 @@ def archives(target: BorgProbe, ctx: RunContext) -> ProbeResult:
                                    PointFacts(newest.name, newest.paths), None, target.wrong_source)
             if finding:
                 result.findings.append(finding)
-    mapped = {id(a) for points in grouped.values() for a in points}
-    unmapped = [a for a in listed if id(a) not in mapped]
+    system_of = {id(a): system for system, points in grouped.items() for a in points}
+    result.assets = backed_up(ctx.name, target.copy,
+                              ((a.hostname, a.time, a.name, system_of.get(id(a))) for a in listed))
+    unmapped = [a for a in listed if id(a) not in system_of]
     if unmapped:
         result.findings.append(Finding(Severity.WARNING, "unmapped_archives",
                                        f"{len(unmapped)} archive(s) match no system rule"))

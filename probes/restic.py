@@ -21,6 +21,7 @@ from drcheck.config_types import SECRET_HINT, Environment, SecretSpec, environme
 from drcheck.coverage import PointFacts, WrongSourceConfig, wrong_source
 from drcheck.kinds import ActionConfig, FileBackupTarget, integrity_check
 from drcheck.mapping import by_identity, under_any
+from drcheck.protection import backed_up
 from drcheck.results import Finding, ProbeResult, RestorePoint, Severity, SnapshotFile, Status
 from drcheck.sandbox import check_entry
 from drcheck.secrets import write_secret_file
@@ -159,8 +160,10 @@ def snapshots(target: ResticProbe, ctx: RunContext) -> ProbeResult:
                                facts[-1], facts[0] if len(facts) == 2 else None, judged)
         if finding:
             result.findings.append(finding)
-    mapped = {id(s) for points in grouped.values() for s in points}
-    unmapped = [s for s in snapshots if id(s) not in mapped]
+    system_of = {id(s): system for system, points in grouped.items() for s in points}
+    result.assets = backed_up(ctx.name, target.copy,
+                              ((s.hostname, s.time, s.id, system_of.get(id(s))) for s in snapshots))
+    unmapped = [s for s in snapshots if id(s) not in system_of]
     if unmapped:
         result.findings.append(Finding(Severity.WARNING, "unmapped_snapshots",
                                        f"{len(unmapped)} snapshot(s) match no system rule"))
