@@ -21,7 +21,8 @@ from rich.table import Table
 
 from drcheck import __version__
 from drcheck.config_loader import ConfigError, LoadedConfig, find_config, load
-from drcheck.console import ProgressView, err, local, out, print_leases_left, print_status_table, styled
+from drcheck.console import (ProgressView, err, local, out, print_leases_left, print_status_table, print_unprotected,
+                             print_vm_table, styled)
 from drcheck.durations import format_duration
 from drcheck.results import utcnow
 
@@ -243,19 +244,52 @@ def canary_plant(state: State, tests: tuple[str, ...]) -> None:
 @pass_state
 def status(state: State, as_json: bool) -> None:
     """Show each system: tier, targets, newest restore points, last test and verdict."""
-    from drcheck.status import system_statuses
+    from drcheck.rules import Facts, evaluate, failing
+    from drcheck.status import system_statuses, vm_statuses
 
     loaded = state.loaded()
+    now = utcnow()
     with state.store() as store:
-        statuses = system_statuses(loaded, store, utcnow())
+        facts = Facts.read(loaded, store)
+        results = evaluate(loaded, store, now, facts)
+        statuses = system_statuses(loaded, store, now, results, facts)
+        vms = vm_statuses(loaded, store, now, facts)
         left = store.orphaned_leases()  # resources of dead runs the reaper could not remove yet
+    # a problem of no system (a VM no runbook claims) fails the status as much as one of a system
+    unclaimed = [r for r in failing(results) if r.system is None]
     if as_json:
-        click.echo(json.dumps({"generated_at": utcnow().isoformat(), "systems": [s.to_json() for s in statuses],
+        click.echo(json.dumps({"generated_at": now.isoformat(), "systems": [s.to_json() for s in statuses],
+                               "unprotected_vms": [vm.to_json() for vm in vms if not vm.protected],
+                               "failing_without_system": [r.to_json() for r in unclaimed],
                                "leases_left_behind": [_lease_json(lease) for lease in left]}, indent=2))
     else:
         print_status_table(loaded, statuses)
+        print_unprotected(vms)
         print_leases_left(left)
-    sys.exit(0 if all(s.ok for s in statuses) and not left else 1)
+    sys.exit(0 if all(s.ok for s in statuses) and not unclaimed and not left else 1)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="print as JSON")
+@click.option("--unprotected", is_flag=True, help="only VMs with no restore point within their RPO")
+@pass_state
+def assets(state: State, as_json: bool, unprotected: bool) -> None:
+    """List inventory VMs: folder, power, system, newest restore point, last proven
+    restorable, protection. Exit 1 when any VM is unprotected."""
+    from drcheck.status import vm_statuses
+
+    loaded = state.loaded()
+    with state.store() as store:
+        vms = vm_statuses(loaded, store, utcnow())
+    shown = [vm for vm in vms if not vm.protected] if unprotected else vms
+    if as_json:
+        click.echo(json.dumps([vm.to_json() for vm in shown], indent=2))
+    elif not vms:
+        out.print("no inventory yet: configure a vmware probe and run it (drcheck probe NAME)")
+    else:
+        print_vm_table(loaded, shown, "unprotected VMs" if unprotected else "inventory VMs")
+        print_unprotected(vms)
+    sys.exit(0 if all(vm.protected for vm in vms) else 1)
 
 
 def _lease_json(lease: dict) -> dict:

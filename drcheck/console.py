@@ -25,7 +25,8 @@ def styled(status: str) -> str:
 
 
 def print_status_table(loaded: LoadedConfig, statuses) -> None:
-    """Print one row per system (worst first), then each system's problems in words."""
+    """Print one row per system (worst first), then each system's problems in words
+    (unprotected VMs aside: `print_unprotected` names them all)."""
     zone = local(loaded, utcnow(), "%Z")
     table = Table("system", "tier", "RTO/RPO\ntarget", "point\nage", f"last test\n({zone})", "RTO", "RPO",
                   "result", title="drcheck status", box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0))
@@ -47,7 +48,37 @@ def print_status_table(loaded: LoadedConfig, statuses) -> None:
         if s.problems:
             out.print(f"[bold red]{s.system}[/] ({escape(s.name)}, tier {s.tier}, owner {escape(s.owner)}):")
             for rule in s.failing:
-                out.print(f"  • {rule.message}  [{rule.rule}]", markup=False, highlight=False)
+                if rule.rule != "R3.vm_protected":  # every unprotected VM is named in its own list
+                    out.print(f"  • {rule.message}  [{rule.rule}]", markup=False, highlight=False)
+
+
+VM_STATE_STYLE = {"protected": "green", "excluded": "cyan", "stale": "bold red", "unprotected": "bold red"}
+
+
+def print_vm_table(loaded: LoadedConfig, vms, title: str = "inventory VMs") -> None:
+    """One row per VM (unprotected first): where it is, whose it is, what covers it and
+    when a restore test last proved it."""
+    table = Table("VM", "folder", "power", "system", "RPO", "newest point", "last proven", "protection",
+                  title=title, box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0))
+    for vm in vms:
+        newest = min(vm.copies, key=lambda c: c["age_seconds"], default=None)
+        point = f"{newest['copy']} {format_duration(newest['age_seconds'])}" if newest else "[red]none[/]"
+        folder = vm.path.rpartition("/")[0] or "/"
+        table.add_row(escape(vm.name), escape(folder), (vm.power_state or "").replace("powered", "").lower() or "—",
+                      escape(", ".join(vm.systems)) or "[dim]no runbook[/]", format_duration(vm.rpo_seconds), point,
+                      local(loaded, vm.last_proven_at, "%Y-%m-%d") if vm.last_proven_at else "[dim]never[/]",
+                      f"[{VM_STATE_STYLE.get(vm.state, 'white')}]{vm.state}[/]")
+    out.print(table)
+
+
+def print_unprotected(vms) -> None:
+    """Name every unprotected VM and why (the R3.vm_protected message)."""
+    bad = [vm for vm in vms if not vm.protected]
+    if bad:
+        out.print(f"[bold red]{len(bad)} unprotected VM(s)[/] (no restore point within RPO, no exclusion):")
+        for vm in bad:
+            owner = f" ({', '.join(vm.systems)})" if vm.systems else " (no runbook claims it)"
+            out.print(f"  • {vm.name}{owner}: {vm.message}  [R3.vm_protected]", markup=False, highlight=False)
 
 
 def print_leases_left(leases: list[dict]) -> None:

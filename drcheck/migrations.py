@@ -203,3 +203,11 @@ def m005_current_state(db: sqlite_utils.Database) -> None:
                COALESCE(f.recorded_at, r.finished_at)
         FROM probe_latest l JOIN findings f ON f.probe_run_id = l.probe_run_id
         JOIN probe_runs r ON r.id = l.probe_run_id ORDER BY f.id""")
+
+
+@migrations()
+def m006_proven_vms(db: sqlite_utils.Database) -> None:
+    """When each VM was last proven restorable (a passed `vm` restore test of it) is read at
+    every status and scrape: index those results by the VM they restored."""
+    db.execute("""CREATE INDEX restore_tests_proven_vm ON restore_tests
+        (json_extract(details, '$.vm_uuid'), started_at) WHERE kind = 'vm' AND status = 'passed'""")

@@ -119,3 +119,51 @@ def system_statuses(loaded: LoadedConfig, store: Store, now: datetime,
         status.last_success_at = max(known) if known else None
         statuses.append(status)
     return sorted(statuses, key=lambda s: (s.ok, s.tier, s.system))
+
+
+@dataclass
+class VmStatus:
+    """One inventory VM as `drcheck assets` and the weekly report show it: the R3 verdict
+    (`state`, `message`), what covers it, and when a `vm` restore test last proved it."""
+
+    name: str
+    path: str
+    uuid: str
+    probe: str
+    power_state: str | None
+    systems: list[str]
+    state: str  # protected, excluded, stale, unprotected
+    message: str
+    rpo_seconds: float
+    copies: list[dict[str, Any]] = field(default_factory=list)  # copy, newest, age_seconds, point_id
+    last_proven_at: datetime | None = None
+    last_proven_test: str | None = None
+
+    @property
+    def protected(self) -> bool:
+        return self.state in ("protected", "excluded")
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["protected"] = self.protected
+        return _jsonable(data)
+
+
+def vm_statuses(loaded: LoadedConfig, store: Store, now: datetime, facts: Facts | None = None) -> list[VmStatus]:
+    """Every inventory VM (templates aside), unprotected ones first, then by path."""
+    from drcheck.protection import reconcile
+    from drcheck.rules import vm_verdict
+
+    facts = facts or Facts.read(loaded, store)
+    proven = store.last_proven_vms()
+    statuses = []
+    for vm in reconcile(loaded, facts.assets):
+        verdict, test = vm_verdict(vm, now), proven.get(vm.uuid) or {}
+        statuses.append(VmStatus(
+            name=vm.name, path=vm.path, uuid=vm.uuid, probe=vm.probe,
+            power_state=vm.row["attributes"].get("power_state"), systems=vm.systems, state=vm.state(now),
+            message=verdict.message, rpo_seconds=vm.rpo_seconds,
+            copies=[{"copy": c.copy, "newest": c.newest, "age_seconds": (now - c.newest).total_seconds(),
+                     "point_id": c.point_id} for c in vm.coverage],
+            last_proven_at=parse_ts(test["started_at"]) if test else None, last_proven_test=test.get("test")))
+    return sorted(statuses, key=lambda v: (v.protected, v.path.lower()))

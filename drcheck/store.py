@@ -396,6 +396,15 @@ class Store(LeaseStore):
         key = {"rto_seconds": "rto_id", "rpo_seconds": "rpo_id"}[column]
         return self.query(latest_via("test_latest", key, "restore_tests", f"id, system, test, started_at, {column}"))
 
+    def last_proven_vms(self) -> dict[str, dict[str, Any]]:
+        """VM instance UUID -> its latest passed `vm` restore test (id, test, started_at):
+        when each VM was last proven restorable."""
+        rows = self.query(
+            "SELECT json_extract(details, '$.vm_uuid') AS vm_uuid, id, test, MAX(started_at) AS started_at "
+            "FROM restore_tests WHERE kind = 'vm' AND status = 'passed' "
+            "GROUP BY json_extract(details, '$.vm_uuid')")
+        return {row.pop("vm_uuid"): row for row in rows if row["vm_uuid"]}
+
     def restore_tests_between(self, start: datetime, end: datetime) -> list[dict[str, Any]]:
         return self.query(
             "SELECT * FROM restore_tests WHERE started_at >= ? AND started_at < ? ORDER BY started_at",
