@@ -159,3 +159,27 @@ def test_a_renamed_vm_keeps_its_verdict_history_by_uuid(loaded, store):
 def test_exclusion_expiry_is_a_date(loaded):
     exclusion = loaded.config.probes["vcenter"].exclusions[1]
     assert exclusion.expired(TODAY) and not exclusion.expired(date(2000, 1, 1))
+
+
+def test_assets_and_status_name_the_unprotected_vms(loaded, store, monkeypatch):
+    import json
+
+    from click.testing import CliRunner
+
+    from drcheck.cli import cli
+
+    monkeypatch.setenv("COLUMNS", "200")
+    run = CliRunner().invoke(cli, ["--config", str(loaded.path), "assets", "--json", "--unprotected"])
+    assert run.exit_code == 1, run.output
+    listed = json.loads(run.output)
+    assert [(v["name"], v["state"]) for v in listed] == [("old-kiosk", "unprotected"), ("sisdb", "stale")]
+    assert listed[1]["systems"] == ["sis"] and listed[1]["copies"][0]["copy"] == "local"
+
+    table = CliRunner().invoke(cli, ["--config", str(loaded.path), "assets"])
+    assert table.exit_code == 1 and "web01" in table.output and "2 unprotected VM(s)" in table.output
+
+    status = CliRunner().invoke(cli, ["--config", str(loaded.path), "status"])
+    assert status.exit_code == 1
+    assert "old-kiosk (no runbook claims it): VM /District/vm/Schools/old-kiosk is unprotected" in status.output
+    status_json = json.loads(CliRunner().invoke(cli, ["--config", str(loaded.path), "status", "--json"]).output)
+    assert {v["name"] for v in status_json["unprotected_vms"]} == {"sisdb", "old-kiosk"}
