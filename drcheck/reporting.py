@@ -18,7 +18,8 @@ from drcheck import __version__
 from drcheck.atomic import write_new
 from drcheck.config_loader import LoadedConfig
 from drcheck.durations import format_duration
-from drcheck.status import system_statuses, test_run
+from drcheck.rules import Facts, evaluate, failing
+from drcheck.status import system_statuses, test_run, vm_statuses
 from drcheck.store import Store, parse_ts
 
 STATUS_ORDER = {"error": 0, "failed": 1, "passed": 2, "ok": 2, "skipped": 3}
@@ -67,13 +68,18 @@ def weekly_context(loaded: LoadedConfig, store: Store, now: datetime) -> dict:
         run = test_run(row)
         runs.append({"run": run, "row": row, "checks": checks.get(row["id"], [])})
     runs.sort(key=lambda r: (STATUS_ORDER.get(r["run"].status, 0), -r["run"].started_at.timestamp()))
-    statuses = system_statuses(loaded, store, now)
+    facts = Facts.read(loaded, store)
+    results = evaluate(loaded, store, now, facts)
+    statuses = system_statuses(loaded, store, now, results, facts)
+    vms = vm_statuses(loaded, store, now, facts)
     counts = {s: sum(1 for r in runs if r["run"].status == s) for s in ("passed", "failed", "error")}
     counts["skipped"] = sum(1 for row in rows if row["status"] == "skipped")
     return {
         "agent": loaded.config.agent.name, "version": __version__, "generated_at": now,
         "period_start": start, "period_end": now, "systems": statuses,
         "attention": [s for s in statuses if not s.ok], "runs": runs, "counts": counts,
+        "vms": vms, "unprotected_vms": [vm for vm in vms if not vm.protected],
+        "unclaimed_failing": [r for r in failing(results) if r.system is None],
         "probes": store.latest_probe_runs(), "findings": store.findings_of_latest_runs(),
         "timezone": loaded.config.agent.timezone, "database": str(loaded.database_path),
     }

@@ -183,3 +183,13 @@ def test_assets_and_status_name_the_unprotected_vms(loaded, store, monkeypatch):
     assert "old-kiosk (no runbook claims it): VM /District/vm/Schools/old-kiosk is unprotected" in status.output
     status_json = json.loads(CliRunner().invoke(cli, ["--config", str(loaded.path), "status", "--json"]).output)
     assert {v["name"] for v in status_json["unprotected_vms"]} == {"sisdb", "old-kiosk"}
+
+
+def test_the_weekly_report_lists_unprotected_vms_and_unclaimed_failures(loaded, store):
+    from drcheck.reporting import environment, weekly_context
+
+    html = environment(loaded).get_template("weekly.html.j2").render(**weekly_context(loaded, store, NOW))
+    assert "7 VMs in the vCenter inventory" not in html  # templates are not VMs to protect
+    assert "6 VMs in the vCenter inventory" in html and "2 unprotected" in html
+    assert 'data-vm="u-kiosk" data-state="unprotected"' in html and 'data-vm="u-sisdb" data-state="stale"' in html
+    assert "Inventory</strong> (VMs no runbook claims)" in html  # old-kiosk fails R3 with no system
