@@ -1,5 +1,6 @@
-"""vCenter sessions over pyvmomi: connect with verified TLS, and turn every failure of the
-vSphere API or the network into a `VSphereError` that says what went wrong.
+"""vCenter sessions over pyvmomi: connect with verified TLS, turn every failure of the
+vSphere API or the network into a `VSphereError` that says what went wrong, and read
+properties of many objects in one paged `RetrievePropertiesEx` sweep.
 
 pyvmomi is imported inside the functions, so configuring (and validating) drcheck does not
 need it loaded.
@@ -12,9 +13,9 @@ import logging
 import socket
 import ssl
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 from urllib.parse import urlsplit
 
 from drcheck.clients import SourceError
@@ -75,6 +76,8 @@ def api_errors(endpoint: Endpoint, what: str) -> Iterator[None]:
     except vim.fault.InvalidLogin:
         raise VSphereError(f"{where}: login refused for user {endpoint.username!r} "
                            "(wrong user name or password)") from None
+    except vim.fault.NotAuthenticated:  # a subclass of NoPermission, but no missing right
+        raise VSphereError(f"{where}: {what}: not authenticated (the session expired or was closed)") from None
     except vim.fault.NoPermission as exc:
         raise VSphereError(f"{where}: {what}: permission denied ({exc.msg or exc.privilegeId})") from None
     except vmodl.MethodFault as exc:
@@ -96,13 +99,15 @@ def api_errors(endpoint: Endpoint, what: str) -> Iterator[None]:
 
 
 @contextmanager
-def connect(endpoint: Endpoint) -> Iterator[Any]:
+def connect(endpoint: Endpoint, who: str = "") -> Iterator[Any]:
     """A logged-in `vim.ServiceInstance`, logged out on exit. Raise VSphereError when the
-    vCenter is unreachable, its certificate is not trusted, or the login is refused."""
+    vCenter is unreachable, its certificate is not trusted, or the login is refused.
+    `who` (a probe or test name) prefixes the warning logged when verification is off."""
     from pyVim.connect import Disconnect, SmartConnect
 
     if endpoint.insecure:
-        log.warning("vCenter %s: TLS certificate verification is OFF (insecure = true)", endpoint.url)
+        log.warning("%svCenter %s: TLS certificate verification is OFF (insecure = true)",
+                    f"{who}: " if who else "", endpoint.url)
     with api_errors(endpoint, "connect"):
         try:
             instance = SmartConnect(
@@ -126,3 +131,111 @@ def connect(endpoint: Endpoint) -> Iterator[Any]:
 
 def _thumbprint(value: str | None) -> str | None:
     return value.replace(":", "").lower() if value else None
+
+
+# -- property sweeps -------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    """One object a sweep read: its moref id, its type name and the properties asked for
+    that it has (pyVmomi values; they stay inside drcheck.clients)."""
+
+    moref: str
+    type: str
+    props: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Counter:
+    """The API work of one read: calls made and result pages received."""
+
+    calls: int = 0
+    pages: int = 0
+
+
+def collect(collector: Any, spec: Any, page_size: int, counter: Counter) -> list[Row]:
+    """Every object `spec` (a PropertyFilterSpec) selects, with its properties: one
+    `RetrievePropertiesEx` of at most `page_size` objects per page, then
+    `ContinueRetrievePropertiesEx` with each token until the token is None. A read
+    interrupted between pages cancels the remaining result on the server
+    (`CancelRetrievePropertiesEx`) before the error propagates."""
+    from pyVmomi import vmodl
+
+    options = vmodl.query.PropertyCollector.RetrieveOptions(maxObjects=page_size)
+    counter.calls += 1
+    page = collector.RetrievePropertiesEx(specSet=[spec], options=options)
+    rows: list[Row] = []
+    token = None
+    try:
+        while page is not None:
+            counter.pages += 1
+            token = page.token  # set first: a page that fails to convert still cancels the rest
+            rows.extend(_row(content) for content in page.objects or ())
+            if token is None:
+                break
+            counter.calls += 1
+            page = collector.ContinueRetrievePropertiesEx(token=token)
+            token = None
+    finally:
+        if token is not None:
+            _cancel(collector, token, counter)
+    return rows
+
+
+def _row(content: Any) -> Row:
+    """An ObjectContent as a Row. A property the session may not read (NotAuthenticated:
+    the session expired) fails the read; other missing properties are left out."""
+    from pyVmomi import vim
+
+    for missing in content.missingSet or ():
+        if isinstance(missing.fault, vim.fault.NotAuthenticated):
+            raise missing.fault
+    obj = content.obj
+    return Row(obj._moId, obj._wsdlName, {p.name: p.val for p in content.propSet or ()})
+
+
+def _cancel(collector: Any, token: str, counter: Counter) -> None:
+    counter.calls += 1
+    try:
+        collector.CancelRetrievePropertiesEx(token=token)
+    except Exception as exc:  # the result expires on the server anyway; the first error matters
+        log.debug("CancelRetrievePropertiesEx failed: %s", exc)
+
+
+def sweep(content: Any, view_types: Sequence[type], prop_type: type, properties: Sequence[str],
+          page_size: int, counter: Counter) -> list[Row]:
+    """Every object of `view_types` in the inventory (a recursive ContainerView from the
+    root folder) with exactly `properties` (paths valid on `prop_type`, a common base of
+    the view's types), read by `collect`. The view is destroyed however the read ends."""
+    from pyVmomi import vim, vmodl
+
+    pc = vmodl.query.PropertyCollector
+    counter.calls += 1
+    view = content.viewManager.CreateContainerView(container=content.rootFolder, type=list(view_types),
+                                                   recursive=True)
+    try:
+        traverse = pc.TraversalSpec(name="view", path="view", skip=False, type=vim.view.ContainerView)
+        spec = pc.FilterSpec(objectSet=[pc.ObjectSpec(obj=view, skip=True, selectSet=[traverse])],
+                             propSet=[pc.PropertySpec(type=prop_type, all=False, pathSet=list(properties))])
+        return collect(content.propertyCollector, spec, page_size, counter)
+    finally:
+        counter.calls += 1
+        try:
+            view.DestroyView()
+        except Exception as exc:  # views die with the session; never hide the read's own error
+            log.debug("DestroyView failed: %s", exc)
+
+
+def read_objects(content: Any, objects: Sequence[Any], prop_type: type, properties: Sequence[str],
+                 page_size: int, counter: Counter) -> list[Row]:
+    """`properties` of the given managed objects (not entities in a view: alarms, the
+    custom fields manager), in one paged read."""
+    from pyVmomi import vmodl
+
+    if not objects:
+        return []
+    pc = vmodl.query.PropertyCollector
+    spec = pc.FilterSpec(objectSet=[pc.ObjectSpec(obj=obj, skip=False) for obj in objects],
+                         propSet=[pc.PropertySpec(type=prop_type, all=False, pathSet=list(properties))])
+    return collect(content.propertyCollector, spec, page_size, counter)
