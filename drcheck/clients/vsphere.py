@@ -8,6 +8,7 @@ need it loaded.
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import logging
 import socket
@@ -26,7 +27,19 @@ log = logging.getLogger(__name__)
 
 class VSphereError(SourceError):
     """vCenter could not be reached or refused what drcheck asked (ERROR, not a verdict on
-    any backup; `damaged` stays False)."""
+    any backup; `damaged` stays False). `connection_lost`: the network failed (timeout,
+    reset), so cleanup calls on that session would only wait for their own timeouts."""
+
+    def __init__(self, reason: str, connection_lost: bool = False):
+        super().__init__(reason)
+        self.connection_lost = connection_lost
+
+
+def connection_lost(exc: BaseException) -> bool:
+    """True when `exc` says the session's connection is gone or hung (not a refusal)."""
+    if isinstance(exc, VSphereError):
+        return exc.connection_lost
+    return isinstance(exc, (OSError, http.client.HTTPException)) and not isinstance(exc, ssl.SSLCertVerificationError)
 
 
 @dataclass(frozen=True)
@@ -89,44 +102,117 @@ def api_errors(endpoint: Endpoint, what: str) -> Iterator[None]:
     except ssl.SSLError as exc:
         raise VSphereError(f"{where}: TLS failed ({exc.reason or exc})") from None
     except (socket.timeout, TimeoutError):
-        raise VSphereError(f"{where}: {what}: no answer within {endpoint.timeout:.0f}s") from None
+        raise VSphereError(f"{where}: {what}: no answer within {endpoint.timeout:.0f}s", True) from None
     except ConnectionRefusedError:
-        raise VSphereError(f"{where}: unreachable (connection refused)") from None
+        raise VSphereError(f"{where}: unreachable (connection refused)", True) from None
     except (http.client.HTTPException, ConnectionError, OSError) as exc:
         if type(exc).__name__ in ("ThumbprintMismatchException", "CertificateMismatchException"):
             raise VSphereError(f"{where}: certificate does not match the pinned thumbprint") from None
-        raise VSphereError(f"{where}: {what}: connection failed ({type(exc).__name__}: {exc})") from None
+        raise VSphereError(f"{where}: {what}: connection failed ({type(exc).__name__}: {exc})", True) from None
 
 
 @contextmanager
 def connect(endpoint: Endpoint, who: str = "") -> Iterator[Any]:
     """A logged-in `vim.ServiceInstance`, logged out on exit. Raise VSphereError when the
-    vCenter is unreachable, its certificate is not trusted, or the login is refused.
-    `who` (a probe or test name) prefixes the warning logged when verification is off."""
-    from pyVim.connect import Disconnect, SmartConnect
+    vCenter is unreachable or silent past `endpoint.timeout`, its certificate is not
+    trusted (nor the pinned one), or the login is refused. `who` (a probe or test name)
+    prefixes the warning logged when verification is off."""
+    from pyVim.connect import Connect, Disconnect
 
     if endpoint.insecure:
         log.warning("%svCenter %s: TLS certificate verification is OFF (insecure = true)",
                     f"{who}: " if who else "", endpoint.url)
     with api_errors(endpoint, "connect"):
+        context, pin_matched = _context(endpoint)
         try:
-            instance = SmartConnect(
-                protocol=urlsplit(endpoint.url).scheme or "https", host=endpoint.host, port=endpoint.port,
-                path=urlsplit(endpoint.url).path or "/sdk", user=endpoint.username, pwd=endpoint.password.reveal(),
-                sslContext=endpoint.ssl_context(), thumbprint=_thumbprint(endpoint.thumbprint),
+            version = _api_version(endpoint, context)
+            instance = Connect(
+                host=endpoint.host, port=endpoint.port if _https(endpoint) else -endpoint.port, path=_path(endpoint),
+                user=endpoint.username, pwd=endpoint.password.reveal(), version=version, sslContext=context,
                 httpConnectionTimeout=endpoint.timeout, connectionPoolTimeout=-1)
-        except Exception as exc:  # pyvmomi's thumbprint exceptions carry no common base
-            if type(exc).__name__ in ("ThumbprintMismatchException", "CertificateMismatchException"):
+        except ssl.SSLCertVerificationError:
+            if pin_matched is False:
                 raise VSphereError(f"vCenter {endpoint.url}: certificate does not match the pinned thumbprint") \
                     from None
             raise
+    lost = False
     try:
         yield instance
+    except BaseException as exc:
+        lost = connection_lost(exc)
+        raise
     finally:
-        try:
-            Disconnect(instance)
-        except Exception as exc:  # the session dies with the server anyway
-            log.debug("vCenter %s: logout failed: %s", endpoint.url, exc)
+        if not lost:  # a logout on a hung connection would only wait for its timeout
+            try:
+                Disconnect(instance)
+            except Exception as exc:  # the session dies with the server anyway
+                log.debug("vCenter %s: logout failed: %s", endpoint.url, exc)
+
+
+def _https(endpoint: Endpoint) -> bool:
+    return (urlsplit(endpoint.url).scheme or "https") == "https"
+
+
+def _path(endpoint: Endpoint) -> str:
+    return urlsplit(endpoint.url).path or "/sdk"
+
+
+def _context(endpoint: Endpoint) -> tuple[ssl.SSLContext | None, bool | None]:
+    """The TLS context of every connection of the session, and whether a pinned thumbprint
+    matched (None: no pin). A served certificate with the pinned thumbprint becomes the
+    only trust anchor, so each later connection is verified against exactly it (its name
+    is not checked: the pin is the identity); otherwise CA verification decides."""
+    if not _https(endpoint):
+        return None, None
+    if not endpoint.thumbprint or endpoint.insecure:
+        return endpoint.ssl_context(), None
+    probe = ssl.create_default_context()
+    probe.check_hostname, probe.verify_mode = False, ssl.CERT_NONE
+    with socket.create_connection((endpoint.host, endpoint.port), timeout=endpoint.timeout) as raw:
+        with probe.wrap_socket(raw, server_hostname=endpoint.host) as tls:
+            der = tls.getpeercert(binary_form=True) or b""
+    pin = _thumbprint(endpoint.thumbprint) or ""
+    digest = {40: hashlib.sha1, 64: hashlib.sha256, 128: hashlib.sha512}.get(len(pin), hashlib.sha256)
+    if digest(der).hexdigest() != pin:
+        return endpoint.ssl_context(), False
+    pinned = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    pinned.check_hostname = False
+    pinned.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN  # a leaf certificate as its own anchor
+    pinned.load_verify_locations(cadata=ssl.DER_cert_to_PEM_cert(der))
+    return pinned, True
+
+
+def _api_version(endpoint: Endpoint, context: ssl.SSLContext | None) -> str:
+    """The newest vim25 API version pyVmomi and the server both speak, from the server's
+    vimServiceVersions.xml. Read here because pyVim's own discovery has no timeout."""
+    from xml.etree import ElementTree
+
+    from pyVmomi.VmomiSupport import GetServiceVersions, versionIdMap
+
+    if context is None:
+        conn: http.client.HTTPConnection = http.client.HTTPConnection(
+            endpoint.host, endpoint.port, timeout=endpoint.timeout)
+    else:
+        conn = http.client.HTTPSConnection(endpoint.host, endpoint.port, timeout=endpoint.timeout, context=context)
+    try:
+        conn.request("GET", _path(endpoint).rstrip("/") + "/vimServiceVersions.xml")
+        response = conn.getresponse()
+        body = response.read()
+    finally:
+        conn.close()
+    try:
+        root = ElementTree.fromstring(body) if response.status == 200 else None
+    except ElementTree.ParseError:
+        root = None
+    if root is None or root.tag != "namespaces":
+        raise VSphereError(f"vCenter {endpoint.url}: not a vSphere API endpoint (no vimServiceVersions.xml, "
+                           f"HTTP {response.status})")
+    offered = {v.text for ns in root.findall("namespace") if ns.findtext("name") == "urn:vim25"
+               for v in [ns.find("version"), *ns.findall("priorVersions/version")] if v is not None}
+    for version in GetServiceVersions("vim25"):
+        if versionIdMap.get(version) in offered:
+            return version
+    raise VSphereError(f"vCenter {endpoint.url}: no API version in common (server offers {sorted(offered)})")
 
 
 def _thumbprint(value: str | None) -> str | None:
@@ -159,7 +245,8 @@ def collect(collector: Any, spec: Any, page_size: int, counter: Counter) -> list
     `RetrievePropertiesEx` of at most `page_size` objects per page, then
     `ContinueRetrievePropertiesEx` with each token until the token is None. A read
     interrupted between pages cancels the remaining result on the server
-    (`CancelRetrievePropertiesEx`) before the error propagates."""
+    (`CancelRetrievePropertiesEx`) before the error propagates, unless the connection
+    itself was lost."""
     from pyVmomi import vmodl
 
     options = vmodl.query.PropertyCollector.RetrieveOptions(maxObjects=page_size)
@@ -177,9 +264,10 @@ def collect(collector: Any, spec: Any, page_size: int, counter: Counter) -> list
             counter.calls += 1
             page = collector.ContinueRetrievePropertiesEx(token=token)
             token = None
-    finally:
-        if token is not None:
+    except BaseException as exc:
+        if token is not None and not connection_lost(exc):
             _cancel(collector, token, counter)
+        raise
     return rows
 
 
@@ -214,17 +302,22 @@ def sweep(content: Any, view_types: Sequence[type], prop_type: type, properties:
     counter.calls += 1
     view = content.viewManager.CreateContainerView(container=content.rootFolder, type=list(view_types),
                                                    recursive=True)
+    lost = False
     try:
         traverse = pc.TraversalSpec(name="view", path="view", skip=False, type=vim.view.ContainerView)
         spec = pc.FilterSpec(objectSet=[pc.ObjectSpec(obj=view, skip=True, selectSet=[traverse])],
                              propSet=[pc.PropertySpec(type=prop_type, all=False, pathSet=list(properties))])
         return collect(content.propertyCollector, spec, page_size, counter)
+    except BaseException as exc:
+        lost = connection_lost(exc)
+        raise
     finally:
-        counter.calls += 1
-        try:
-            view.DestroyView()
-        except Exception as exc:  # views die with the session; never hide the read's own error
-            log.debug("DestroyView failed: %s", exc)
+        if not lost:  # views die with the session; on a hung one destroying would only wait
+            counter.calls += 1
+            try:
+                view.DestroyView()
+            except Exception as exc:  # never hide the read's own error
+                log.debug("DestroyView failed: %s", exc)
 
 
 def read_objects(content: Any, objects: Sequence[Any], prop_type: type, properties: Sequence[str],

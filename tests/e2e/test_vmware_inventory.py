@@ -48,7 +48,7 @@ class VCenterLab:
     def __init__(self, root: Path, sim):
         self.root, self.sim = root, sim
         self.config_path = root / "drcheck.toml"
-        (root / "runbooks").mkdir(exist_ok=True)
+        (root / "runbooks").mkdir(parents=True, exist_ok=True)
         (root / "vc-password").write_text(sim.password + "\n")
         self.configure()
 

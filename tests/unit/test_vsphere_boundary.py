@@ -135,14 +135,28 @@ def test_error_between_pages_cancels_the_rest_and_destroys_the_view():
     fake = FakeVCenter()
     three_pages(fake.collector)
     fake.collector.ContinueRetrievePropertiesEx.side_effect = [page("t2", content_of(vim.VirtualMachine("vm-x"))),
-                                                               socket.timeout("timed out")]
+                                                               vmodl.fault.SystemError(reason="out of memory")]
 
-    with pytest.raises(VSphereError, match=r"vc.example/sdk: sweep: no answer within 60s"):
+    with pytest.raises(VSphereError, match=r"vc.example/sdk: sweep: SystemError"):
         with api_errors(ENDPOINT, "sweep"):
             sweep(fake.content, [vim.VirtualMachine], vim.VirtualMachine, ["name"], 3, Counter())
 
     fake.collector.CancelRetrievePropertiesEx.assert_called_once_with(token="t2")
     fake.views[0].DestroyView.assert_called_once_with()
+
+
+def test_lost_connection_skips_cleanup_calls_that_could_only_time_out():
+    fake = FakeVCenter()
+    three_pages(fake.collector)
+    fake.collector.ContinueRetrievePropertiesEx.side_effect = socket.timeout("timed out")
+
+    with pytest.raises(VSphereError, match=r"vc.example/sdk: sweep: no answer within 60s") as raised:
+        with api_errors(ENDPOINT, "sweep"):
+            sweep(fake.content, [vim.VirtualMachine], vim.VirtualMachine, ["name"], 3, Counter())
+
+    assert raised.value.connection_lost
+    fake.collector.CancelRetrievePropertiesEx.assert_not_called()
+    fake.views[0].DestroyView.assert_not_called()
 
 
 def test_a_page_that_fails_to_convert_cancels_its_own_token():
