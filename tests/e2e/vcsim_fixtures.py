@@ -56,8 +56,9 @@ def vcsim_ca(tmp_path_factory: pytest.TempPathFactory) -> TestCA:
 
 
 def vsphere_connect(sim: Simulator, *, cafile: Path | None = None, user: str | None = None,
-                    password: str | None = None, verify: bool = False):
-    """Log in with pyvmomi; `verify=True` (or a `cafile`) checks the certificate."""
+                    password: str | None = None, verify: bool = False, timeout: float | None = 60):
+    """Log in with pyvmomi; `verify=True` (or a `cafile`) checks the certificate; `timeout`
+    is the socket timeout of every request (seconds)."""
     from pyVim.connect import SmartConnect
 
     if cafile is not None or verify:
@@ -66,4 +67,4 @@ def vsphere_connect(sim: Simulator, *, cafile: Path | None = None, user: str | N
         context = ssl._create_unverified_context()
     return SmartConnect(host=sim.host, port=sim.port, user=user or sim.username,
                         pwd=password if password is not None else sim.password, sslContext=context,
-                        connectionPoolTimeout=30)
+                        httpConnectionTimeout=timeout)

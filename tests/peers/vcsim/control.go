@@ -189,8 +189,8 @@ func (l *lab) ctlSnapshot(r *http.Request) (interface{}, error) {
 func setConsolidation(vm *simulator.VirtualMachine, needed bool) {
 	simulator.Map.WithLock(vm, func() {
 		simulator.Map.Update(vm, []types.PropertyChange{
-			{Name: "runtime.consolidationNeeded", Val: types.NewBool(needed)},
-			{Name: "summary.runtime.consolidationNeeded", Val: types.NewBool(needed)},
+			{Name: "runtime.consolidationNeeded", Val: needed},
+			{Name: "summary.runtime.consolidationNeeded", Val: needed},
 		})
 	})
 }
