@@ -86,7 +86,8 @@ def inventory(target: VMwareProbe, ctx: "RunContext") -> ProbeResult:
         result.status, result.reason = Status.ERROR, str(exc)
         return result.conclude(ctx)
     result.assets = inventory_assets(ctx.name, found, settings)
-    result.findings = sorted(inventory_findings(found, settings, ctx.now()), key=lambda f: (f.code, f.message))
+    result.findings = sorted(inventory_findings(found, settings, ctx.now()),
+                             key=lambda f: (f.severity is not Severity.CRITICAL, f.code, f.message))
     result.details = _details(found)
     concluded = result.conclude(ctx)
     concluded.status, concluded.reason = Status.OK, _summary(found, result.findings)
@@ -207,11 +208,16 @@ def _details(found: "InventoryData") -> dict[str, Any]:
 def _summary(found: "InventoryData", findings: list[Finding]) -> str:
     d = _details(found)
     critical = sum(f.severity is Severity.CRITICAL for f in findings)
-    text = (f"{d['vms']} VMs ({d['templates']} templates), {d['hosts']} hosts, {d['datastores']} datastores, "
-            f"{d['clusters']} clusters read in {d['sweep_seconds']:.1f}s")
+    text = ", ".join(_count(d[k], k) for k in ("vms", "templates", "hosts", "datastores", "clusters"))
+    text += f" read in {d['sweep_seconds']:.1f}s"
     if findings:
-        text += f"; {len(findings)} findings" + (f" ({critical} critical)" if critical else "")
+        text += f"; {_count(len(findings), 'findings')}" + (f" ({critical} critical)" if critical else "")
     return text
+
+
+def _count(n: int, plural: str) -> str:
+    noun = "VMs" if plural == "vms" else plural
+    return f"{n} {noun if n != 1 else noun[:-1]}"
 
 
 Target = VMwareProbe

@@ -351,7 +351,7 @@ def test_probe_reports_assets_and_findings_and_stays_ok(monkeypatch, probe_confi
     result, stored = run_with(monkeypatch, probe_config, lab())
 
     assert result.status is Status.OK, result.reason
-    assert result.reason.startswith("2 VMs (1 templates), 3 hosts, 2 datastores, 1 clusters read in")
+    assert result.reason.startswith("2 VMs, 1 template, 3 hosts, 2 datastores, 1 cluster read in")
     by_id = {a.asset_id: a for a in result.assets}
     vm = by_id["uuid-1"]
     assert (vm.kind, vm.name, vm.protected, vm.system) == ("vm", "sis01", False, None)
