@@ -78,10 +78,10 @@ def inventory(target: VMwareProbe, ctx: "RunContext") -> ProbeResult:
     from drcheck.clients.vsphere_inventory import read_inventory
 
     result = ProbeResult.begin(ctx, target, "inventory")
-    settings = target.inventory
+    settings, endpoint = target.inventory, target.endpoint()
     try:
-        with connect(target.endpoint(), who=f"probe {ctx.name}") as instance:
-            found = read_inventory(instance, target.endpoint(), target.page_size, alarms=settings.alarms)
+        with connect(endpoint, who=f"probe {ctx.name}") as instance:
+            found = read_inventory(instance, endpoint, target.page_size, alarms=settings.alarms)
     except SourceError as exc:
         result.status, result.reason = Status.ERROR, str(exc)
         return result.conclude(ctx)
@@ -89,7 +89,7 @@ def inventory(target: VMwareProbe, ctx: "RunContext") -> ProbeResult:
     result.findings = sorted(inventory_findings(found, settings, ctx.now()),
                              key=lambda f: (f.severity is not Severity.CRITICAL, f.code, f.message))
     result.details = _details(found)
-    concluded = result.conclude(ctx)
+    concluded = result.conclude(ctx)  # it would make a CRITICAL finding a FAILED run: undone below
     concluded.status, concluded.reason = Status.OK, _summary(found, result.findings)
     return concluded
 
@@ -121,8 +121,9 @@ def vm_attributes(vm: VirtualMachine, settings: Inventory) -> dict[str, Any]:
 
 
 def inventory_assets(source: str, found: "InventoryData", settings: Inventory) -> list[InventoryAsset]:
-    """VMs keyed by instance UUID (a rename keeps the asset; duplicate names stay apart);
-    hosts, datastores and clusters keyed `<kind>:<moref>`."""
+    """VMs keyed by instance UUID (a rename keeps the asset; duplicate names stay apart;
+    `vm:<moref>` for a VM whose configuration vCenter cannot read); hosts, datastores and
+    clusters keyed `<kind>:<moref>`."""
     assets = [InventoryAsset(source=source, asset_id=vm.uuid or f"vm:{vm.moref}", name=vm.name, kind="vm",
                              protected=False, attributes=vm_attributes(vm, settings)) for vm in found.vms]
     for h in found.hosts:
@@ -134,7 +135,7 @@ def inventory_assets(source: str, found: "InventoryData", settings: Inventory) -
     for d in found.datastores:
         assets.append(InventoryAsset(source, f"datastore:{d.moref}", d.name, False, kind="datastore", attributes={
             "moref": d.moref, "path": d.path, "datacenter": d.datacenter, "type": d.type,
-            "capacity_gb": _gib(d.capacity_bytes), "free_percent": _free_percent(d, 0), "accessible": d.accessible}))
+            "capacity_gb": _gib(d.capacity_bytes), "free_percent": _free_percent(d, None), "accessible": d.accessible}))
     for c in found.clusters:
         assets.append(InventoryAsset(source, f"cluster:{c.moref}", c.name, False, kind="cluster", attributes={
             "moref": c.moref, "path": c.path, "datacenter": c.datacenter, "hosts": c.hosts,
@@ -142,7 +143,7 @@ def inventory_assets(source: str, found: "InventoryData", settings: Inventory) -
     return assets
 
 
-def _free_percent(d: Datastore, digits: int | None = 1) -> float | None:
+def _free_percent(d: Datastore, digits: int | None = 1) -> float | int | None:
     if not d.capacity_bytes or d.free_bytes is None:
         return None
     return round(100 * d.free_bytes / d.capacity_bytes, digits)

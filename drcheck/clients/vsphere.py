@@ -164,8 +164,13 @@ def _context(endpoint: Endpoint) -> tuple[ssl.SSLContext | None, bool | None]:
     is not checked: the pin is the identity); otherwise CA verification decides."""
     if not _https(endpoint):
         return None, None
+    try:
+        verified = endpoint.ssl_context()
+    except (OSError, ssl.SSLError) as exc:
+        raise VSphereError(f"vCenter {endpoint.url}: cannot use ca_bundle {endpoint.ca_bundle}: "
+                           f"{getattr(exc, 'strerror', None) or exc}") from None
     if not endpoint.thumbprint or endpoint.insecure:
-        return endpoint.ssl_context(), None
+        return verified, None
     probe = ssl.create_default_context()
     probe.check_hostname, probe.verify_mode = False, ssl.CERT_NONE
     with socket.create_connection((endpoint.host, endpoint.port), timeout=endpoint.timeout) as raw:
@@ -174,7 +179,7 @@ def _context(endpoint: Endpoint) -> tuple[ssl.SSLContext | None, bool | None]:
     pin = _thumbprint(endpoint.thumbprint) or ""
     digest = {40: hashlib.sha1, 64: hashlib.sha256, 128: hashlib.sha512}.get(len(pin), hashlib.sha256)
     if digest(der).hexdigest() != pin:
-        return endpoint.ssl_context(), False
+        return verified, False
     pinned = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     pinned.check_hostname = False
     pinned.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN  # a leaf certificate as its own anchor
