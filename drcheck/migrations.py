@@ -211,3 +211,11 @@ def m006_proven_vms(db: sqlite_utils.Database) -> None:
     every status and scrape: index those results by the VM they restored."""
     db.execute("""CREATE INDEX restore_tests_proven_vm ON restore_tests
         (json_extract(details, '$.vm_uuid'), started_at) WHERE kind = 'vm' AND status = 'passed'""")
+
+
+@migrations()
+def m007_finding_subjects(db: sqlite_utils.Database) -> None:
+    """A finding code can apply to several objects of one probe (an old snapshot on each of
+    several VMs): the object it is about keeps each one's history apart."""
+    db.execute("ALTER TABLE findings ADD COLUMN subject TEXT")
+    db.execute("ALTER TABLE current_findings ADD COLUMN subject TEXT")

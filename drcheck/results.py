@@ -72,12 +72,15 @@ class SnapshotFile:
 
 @dataclass(frozen=True)
 class Finding:
-    """Something a probe noticed: stale backups, unmapped snapshots, unprotected assets."""
+    """Something a probe noticed: a point of the wrong source, unmapped snapshots, an old
+    VM snapshot. `subject` names the object it is about when a code can apply to several
+    (`vm:<uuid>`, `datastore:<moref>`), so each object's finding keeps its own history."""
 
     severity: Severity
     code: str
     message: str
     system: str | None = None
+    subject: str | None = None
 
 
 @dataclass(frozen=True)
@@ -128,11 +131,12 @@ class ProbeResult:
         return cls(probe=ctx.name, kind=target.kind, action=action, status=Status.OK,
                    started_at=started, finished_at=started, copy=target.copy)
 
-    def conclude(self, ctx) -> "ProbeResult":
+    def conclude(self, ctx, fail_on_critical: bool = True) -> "ProbeResult":
         """End the result now: FAILED (reason: their messages) when a CRITICAL finding was
-        made and it is not already an error. Return it."""
+        made and it is not already an error, unless `fail_on_critical` is False (an
+        inventory that read everything is OK whatever it found). Return it."""
         critical = [f.message for f in self.findings if f.severity is Severity.CRITICAL]
-        if critical and self.status is Status.OK:
+        if critical and fail_on_critical and self.status is Status.OK:
             self.status, self.reason = Status.FAILED, "; ".join(critical)
         self.finished_at = ctx.now()
         return self

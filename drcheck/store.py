@@ -31,7 +31,7 @@ import sqlite_utils
 
 from drcheck.leases import LeaseConflict, LeaseStore
 from drcheck.migrations import RESULT_TABLES, migrations
-from drcheck.results import ProbeResult, RestoreTestResult, Status, utcnow
+from drcheck.results import Finding, ProbeResult, RestoreTestResult, Severity, Status, utcnow
 from drcheck.sqltime import parse_ts, ts
 
 __all__ = ["Store", "LeaseConflict", "RESULT_TABLES", "ts", "parse_ts", "CURRENT_POINTS", "CURRENT_FINDINGS",
@@ -59,7 +59,7 @@ FROM current_points cp JOIN restore_points rp ON rp.id = cp.restore_point_id"""
 # The findings of the latest run of each probe and action (the release-0.1.0 row shape;
 # `id` is the history row of when it appeared or last changed severity).
 CURRENT_FINDINGS = """SELECT f.finding_id AS id, f.probe_run_id, f.probe, f.action, f.severity, f.code, f.system,
-f.message, f.confirmed_at AS recorded_at FROM current_findings f"""
+f.subject, f.message, f.confirmed_at AS recorded_at FROM current_findings f"""
 CURRENT_ASSETS = """SELECT a.id, ca.probe_run_id, a.probe, a.action, a.source, a.asset_id, a.kind, a.name, a.protected,
 a.system, a.attributes, a.recorded_at AS first_recorded_at, ca.confirmed_at
 FROM current_assets ca JOIN assets a ON a.id = ca.asset_row_id"""
@@ -69,8 +69,8 @@ _INSERT_TEST = (f"INSERT INTO restore_tests ({', '.join(_TEST_COLUMNS)}) "
                 f"VALUES ({', '.join('?' * len(_TEST_COLUMNS))})")
 _INSERT_POINT = ("INSERT INTO restore_points (probe_run_id, probe, system, copy, point_time, point_id, size_bytes, "
                  "status, host, paths, point_count, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
-_INSERT_FINDING = ("INSERT INTO findings (probe_run_id, probe, action, event, severity, code, system, message, "
-                   "recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
+_INSERT_FINDING = ("INSERT INTO findings (probe_run_id, probe, action, event, severity, code, system, subject, "
+                   "message, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 _INSERT_ASSET = ("INSERT INTO assets (probe_run_id, probe, action, event, source, asset_id, kind, name, protected, "
                  "system, attributes, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 
@@ -230,34 +230,34 @@ class Store(LeaseStore):
     def _update_findings(self, result: ProbeResult, run_id: int, now: str, confirmed: str) -> None:
         conn = self.db.conn
         current: dict[tuple, list] = {}
-        for row in conn.execute("SELECT id, code, system, severity, message FROM current_findings "
+        for row in conn.execute("SELECT id, code, system, subject, severity, message FROM current_findings "
                                 "WHERE probe = ? AND action = ? ORDER BY id", [result.probe, result.action]):
-            current.setdefault((row[1], row[2]), []).append(row)
+            current.setdefault(row[1:4], []).append(row)
         if not current and not result.findings:
             return
 
-        def history(event: str, severity: str, code, system, message) -> int:
-            return conn.execute(_INSERT_FINDING, [run_id, result.probe, result.action, event, severity, code, system,
-                                                  message, now]).lastrowid
+        def history(event: str, severity: str, f) -> int:
+            return conn.execute(_INSERT_FINDING, [run_id, result.probe, result.action, event, severity, f.code,
+                                                  f.system, f.subject, f.message, now]).lastrowid
 
         for f in result.findings:
-            same = current.get((f.code, f.system))
+            same = current.get((f.code, f.system, f.subject))
             known = same.pop(0) if same else None
             if known is None:
-                finding_id = history("appeared", f.severity.value, f.code, f.system, f.message)
-                conn.execute("INSERT INTO current_findings (probe, action, code, system, severity, message, "
-                             "finding_id, probe_run_id, confirmed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                             [result.probe, result.action, f.code, f.system, f.severity.value, f.message,
+                finding_id = history("appeared", f.severity.value, f)
+                conn.execute("INSERT INTO current_findings (probe, action, code, system, subject, severity, message, "
+                             "finding_id, probe_run_id, confirmed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                             [result.probe, result.action, f.code, f.system, f.subject, f.severity.value, f.message,
                               finding_id, run_id, confirmed])
-            elif known[3] != f.severity.value:
-                finding_id = history("changed", f.severity.value, f.code, f.system, f.message)
+            elif known[4] != f.severity.value:
+                finding_id = history("changed", f.severity.value, f)
                 conn.execute("UPDATE current_findings SET severity = ?, message = ?, finding_id = ? WHERE id = ?",
                              [f.severity.value, f.message, finding_id, known[0]])
-            elif known[4] != f.message:
+            elif known[5] != f.message:
                 conn.execute("UPDATE current_findings SET message = ? WHERE id = ?", [f.message, known[0]])
         for rows in current.values():
-            for row_id, code, system, severity, message in rows:
-                history("cleared", severity, code, system, message)
+            for row_id, code, system, subject, severity, message in rows:
+                history("cleared", severity, Finding(Severity(severity), code, message, system, subject))
                 conn.execute("DELETE FROM current_findings WHERE id = ?", [row_id])
         conn.execute("UPDATE current_findings SET probe_run_id = ?, confirmed_at = ? WHERE probe = ? AND action = ?",
                      [run_id, confirmed, result.probe, result.action])

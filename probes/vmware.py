@@ -89,9 +89,9 @@ def inventory(target: VMwareProbe, ctx: "RunContext") -> ProbeResult:
     result.findings = sorted(inventory_findings(found, settings, ctx.now()),
                              key=lambda f: (f.severity is not Severity.CRITICAL, f.code, f.message))
     result.details = _details(found)
-    concluded = result.conclude(ctx)  # it would make a CRITICAL finding a FAILED run: undone below
-    concluded.status, concluded.reason = Status.OK, _summary(found, result.findings)
-    return concluded
+    result.reason = _summary(found, result.findings)
+    # FAILED means the thing under test is bad: a full datastore is a finding, not a failed read
+    return result.conclude(ctx, fail_on_critical=False)
 
 
 FINDING_CODES = ("snapshot_old", "snapshot_count", "consolidation_needed", "datastore_low",
@@ -157,15 +157,18 @@ def inventory_findings(found: "InventoryData", settings: Inventory, now: datetim
         yield from _datastore_findings(d, settings)
     for h in found.hosts:
         if h.connection_state in ("disconnected", "notResponding"):
-            yield Finding(Severity.CRITICAL, "host_disconnected", f"host {h.path} is {h.connection_state}")
+            yield Finding(Severity.CRITICAL, "host_disconnected", f"host {h.path} is {h.connection_state}",
+                          subject=f"host:{h.moref}")
         if h.maintenance:
-            yield Finding(Severity.WARNING, "host_maintenance", f"host {h.path} is in maintenance mode")
+            yield Finding(Severity.WARNING, "host_maintenance", f"host {h.path} is in maintenance mode",
+                          subject=f"host:{h.moref}")
     if settings.alarms:
         for a in found.alarms:
             if a.status in ALARM_SEVERITY:
                 yield Finding(ALARM_SEVERITY[a.status], "alarm",
                               f"alarm {a.alarm!r} is {a.status} on {a.entity}" + (" (acknowledged)" if a.acknowledged
-                                                                                  else ""))
+                                                                                  else ""),
+                              subject=f"{a.entity_type}:{a.entity}:{a.alarm}")
 
 
 ALARM_SEVERITY = {"red": Severity.CRITICAL, "yellow": Severity.WARNING}
@@ -179,23 +182,30 @@ def _vm_findings(vm: VirtualMachine, settings: Inventory, now: datetime) -> Iter
         yield Finding(Severity.WARNING, "snapshot_old",
                       f"VM {vm.path}: snapshot {oldest.name!r} taken {oldest.created:%Y-%m-%d %H:%M} UTC is older "
                       f"than {format_duration(limit.total_seconds())}"
-                      + (f" ({len(old)} snapshots are)" if len(old) > 1 else ""))
+                      + (f" ({len(old)} snapshots are)" if len(old) > 1 else ""), subject=_vm_subject(vm))
     if len(vm.snapshots) > settings.snapshot_max_count:
         yield Finding(Severity.WARNING, "snapshot_count",
-                      f"VM {vm.path} has {len(vm.snapshots)} snapshots (limit {settings.snapshot_max_count})")
+                      f"VM {vm.path} has {len(vm.snapshots)} snapshots (limit {settings.snapshot_max_count})",
+                      subject=_vm_subject(vm))
     if vm.consolidation_needed:
-        yield Finding(Severity.WARNING, "consolidation_needed", f"VM {vm.path} needs its disks consolidated")
+        yield Finding(Severity.WARNING, "consolidation_needed", f"VM {vm.path} needs its disks consolidated",
+                      subject=_vm_subject(vm))
+
+
+def _vm_subject(vm: VirtualMachine) -> str:
+    return f"vm:{vm.uuid or vm.moref}"
 
 
 def _datastore_findings(d: Datastore, settings: Inventory) -> Iterator[Finding]:
     if not d.accessible:
-        yield Finding(Severity.CRITICAL, "datastore_inaccessible", f"datastore {d.path} is not accessible")
+        yield Finding(Severity.CRITICAL, "datastore_inaccessible", f"datastore {d.path} is not accessible",
+                      subject=f"datastore:{d.moref}")
         return  # an inaccessible datastore's free space is not a measurement
     free, limit = _free_percent(d), settings.datastore_min_free_percent
     if free is not None and free < limit:
         yield Finding(Severity.CRITICAL if free < limit / 2 else Severity.WARNING, "datastore_low",
                       f"datastore {d.path} has {free:g}% free ({_gib(d.free_bytes):g} of "
-                      f"{_gib(d.capacity_bytes):g} GiB; limit {limit:g}%)")
+                      f"{_gib(d.capacity_bytes):g} GiB; limit {limit:g}%)", subject=f"datastore:{d.moref}")
 
 
 def _details(found: "InventoryData") -> dict[str, Any]:
