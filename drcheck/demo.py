@@ -11,6 +11,7 @@ how drcheck reports a missed backup.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import shutil
@@ -22,7 +23,7 @@ from rich.markup import escape
 
 from drcheck.clients import SourceError
 from drcheck.config_loader import LoadedConfig
-from drcheck.kinds import LabRepository, probe_module
+from drcheck.kinds import LabPeer, LabRepository, probe_module
 from drcheck.durations import format_duration
 from drcheck.results import Status, utcnow
 
@@ -59,15 +60,22 @@ def lab_root(loaded: LoadedConfig) -> Path:
 
 
 def lab_repositories(loaded: LoadedConfig) -> dict[str, LabRepository]:
-    """The demo side of every configured probe (its kind's `lab_repository`); SystemExit
-    for a kind that offers none."""
-    repos = {}
+    """The demo side of every file-backup probe (its kind's `lab_repository`)."""
+    return {name: probe_module(probe.kind).lab_repository(probe) for name, probe in loaded.config.probes.items()
+            if hasattr(probe_module(probe.kind), "lab_repository")}
+
+
+def lab_peers(loaded: LoadedConfig) -> dict[str, LabPeer]:
+    """The demo side of every probe whose source is a service (its kind's `lab_peer`);
+    SystemExit for a kind that offers neither a lab repository nor a lab peer."""
+    peers = {}
     for name, probe in loaded.config.probes.items():
         module = probe_module(probe.kind)
-        if not hasattr(module, "lab_repository"):
+        if hasattr(module, "lab_peer"):
+            peers[name] = module.lab_peer(probe, loaded)
+        elif not hasattr(module, "lab_repository"):
             raise SystemExit(f"drcheck demo: probes.{name}: the {probe.kind} kind cannot build a demo lab")
-        repos[name] = module.lab_repository(probe)
-    return repos
+    return peers
 
 
 def check_demo_config(loaded: LoadedConfig) -> Path:
@@ -76,13 +84,13 @@ def check_demo_config(loaded: LoadedConfig) -> Path:
     new. `drcheck demo` must never touch real data, whatever config it was pointed at."""
     root = lab_root(loaded)
     outside = []
-    for name, repo in lab_repositories(loaded).items():
+    for name, lab in {**lab_repositories(loaded), **lab_peers(loaded)}.items():
         try:
-            owned = repo.owned_paths()
+            owned = lab.owned_paths()
         except ValueError as exc:
             outside.append(f"probes.{name}: {exc}")
             continue
-        owned += [p for rule in loaded.config.probes[name].systems for p in rule.paths]
+        owned += [p for rule in getattr(loaded.config.probes[name], "systems", []) for p in rule.paths]
         outside += [f"probes.{name}: {p}" for p in owned if root not in Path(p).parents]
     if outside:
         raise SystemExit("drcheck demo builds its lab only under " + str(root) + " and only from the demo "
@@ -112,7 +120,10 @@ def build_lab(loaded: LoadedConfig, say=print) -> None:
         except SourceError as exc:
             raise SystemExit(f"demo: cannot create the repository of probes.{name}: {exc}") from None
         say(f"  {cfg.probes[name].kind} repository for {name} ({cfg.probes[name].copy})")
-    systems = {rule.system: rule.paths for probe in cfg.probes.values() for rule in probe.systems}
+    for name, peer in lab_peers(loaded).items():
+        peer.init()
+        say(f"  simulated {cfg.probes[name].kind} service for {name} ({cfg.probes[name].url})")
+    systems = {rule.system: rule.paths for name in repos for rule in cfg.probes[name].systems}
     with open_store(loaded) as store:
         for generation, age in enumerate(SNAPSHOT_AGES):
             taken = now - age
@@ -133,6 +144,20 @@ def build_lab(loaded: LoadedConfig, say=print) -> None:
             say(f"  backups taken {format_duration(age.total_seconds())} ago")
 
 
+def start_peers(loaded: LoadedConfig, running: contextlib.ExitStack, say=print) -> None:
+    """Start every lab peer for the cycle (stopped when `running` closes); SystemExit
+    saying why when one cannot start (its program missing, its port taken)."""
+    from drcheck.lab_vcsim import VcsimError
+
+    for name, peer in lab_peers(loaded).items():
+        try:
+            peer.start()
+        except (VcsimError, OSError) as exc:
+            raise SystemExit(f"drcheck demo: cannot start the simulated service of probes.{name}: {exc}") from None
+        running.callback(peer.stop)
+        say(f"  probes.{name}: simulated service started (it stops when the demo ends)")
+
+
 def run_demo(state) -> int:
     """Build the lab and run one cycle; return the exit status for the CLI: 0 when every
     result is what the lab was built to produce (all good but the stale systems)."""
@@ -146,7 +171,8 @@ def run_demo(state) -> int:
     say = console.out.print
     say("[bold]1. Building the demo lab[/]")
     build_lab(loaded, say)
-    with open_store(loaded) as store:
+    with contextlib.ExitStack() as running, open_store(loaded) as store:
+        start_peers(loaded, running, say)
         unexpected: list[str] = []
         say("[bold]2. Probing repositories[/]")
         for name in loaded.config.probes:

@@ -215,6 +215,22 @@ class LabRepository(Protocol):
 
 
 @runtime_checkable
+class LabPeer(Protocol):
+    """Demo support of a kind whose source is a service (a vCenter), offered through the
+    module's `lab_peer(target, loaded)`: `init()` writes its secrets and certificates,
+    `start()` serves what the configuration expects until `stop()`. `owned_paths()` lists
+    every path it would create (the demo refuses any outside its lab)."""
+
+    def owned_paths(self) -> list["Path"]: ...
+
+    def init(self) -> None: ...
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+@runtime_checkable
 class RestoreTestModule(Protocol):
     """`restore_tests/<kind>.py`: `run(target, ctx)` restores into a leased sandbox,
     verifies, measures and always cleans up; `Target` is its config model. A run that

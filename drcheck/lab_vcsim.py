@@ -192,7 +192,7 @@ class Simulator:
                  username: str = "drcheck", password: str = "lab-secret", tls: TestCA | None = None,
                  extra_args: tuple[str, ...] | list[str] = (), standalone_host: int = 0, pg: int = 1,
                  autostart: bool = True, guest_user: str = "lab", guest_password: str = "lab",
-                 start_timeout: float = 180, binary_path: Path | None = None):
+                 start_timeout: float = 180, binary_path: Path | None = None, port: int = 0):
         self.workdir = Path(workdir)
         self.scenario = scenario
         self.username = username
@@ -211,7 +211,7 @@ class Simulator:
             *extra_args,
         ]
         self.datastore_root: Path | None = None  # where this process's datastores live
-        self._port = 0
+        self._port = port  # 0: the simulator picks a free one (a configuration naming a URL gives its port)
         self._control_port = 0
         self._proc: subprocess.Popen | None = None
         self._stderr_file = None

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Literal
 from pydantic import Field
 
 from drcheck.clients import SourceError
+from drcheck.demo_vcenter import LabVCenter
 from drcheck.clients.vsphere import Endpoint
 from drcheck.config_types import ConfigPath, Duration, SecretSpec
 from drcheck.kinds import ActionConfig, ProbeTarget
@@ -235,3 +236,9 @@ Target = VMwareProbe
 ACTIONS = {"inventory": inventory}
 LISTS_POINTS: frozenset[str] = frozenset()
 ACTION_TIMEOUTS = {"inventory": timedelta(minutes=10)}
+
+
+def lab_peer(target: VMwareProbe, loaded: Any) -> LabVCenter:
+    """Demo support: the project's vCenter simulator at this probe's URL, holding what
+    `loaded` (the demo's LoadedConfig) names (drcheck demo)."""
+    return LabVCenter(target, loaded)

@@ -34,7 +34,7 @@ def make_config(tmp_path):
         # Recorder writes it); the demo's other copies are covered end to end (e2e/test_demo)
         others = {name for name, probe in data["probes"].items() if probe["kind"] != "restic"}
         for name in others:
-            data["copies"].pop(data["probes"].pop(name)["copy"], None)
+            data["copies"].pop(data["probes"].pop(name).get("copy"), None)
         data["restore_tests"] = {k: t for k, t in data["restore_tests"].items() if t["probe"] not in others}
         data["agent"].update(state_dir=str(tmp_path / "state"), sandbox_root=str(tmp_path / "sandbox"),
                              runbooks_dir=str(runbooks))

@@ -54,6 +54,10 @@ def test_probe_module_meets_its_protocol(kind):
     if hasattr(module, "lab_repository"):
         lab_class = typing.get_type_hints(module.lab_repository)["return"]
         assert kinds.conformance_problems(lab_class, kinds.LabRepository) == []
+    if hasattr(module, "lab_peer"):  # a service the demo runs (a simulated vCenter)
+        peer_class = typing.get_type_hints(module.lab_peer)["return"]
+        assert kinds.conformance_problems(peer_class, kinds.LabPeer) == []
+    assert hasattr(module, "lab_repository") or hasattr(module, "lab_peer"), "the demo could not build its lab"
 
 
 @pytest.mark.parametrize("kind", sorted(RESTORE_TESTS))

@@ -43,7 +43,7 @@ def test_embedded_config_and_runbooks_are_valid():
     loaded = load(REPO / "drcheck.toml")
     assert set(loaded.runbooks) == {path.stem for path in (REPO / "runbooks").glob("*.toml")}
     assert loaded.config.agent.runbooks_dir == REPO / "runbooks"
-    mapped = {rule.system for probe in loaded.config.probes.values() for rule in probe.systems}
+    mapped = {system for probe in loaded.config.probes.values() for system in probe.systems_covered()}
     assert mapped == set(loaded.runbooks)
 
 
