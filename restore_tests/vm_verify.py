@@ -16,6 +16,7 @@ from pydantic import Field
 
 from drcheck.clients.vsphere_vm import GuestLoginRefused, NotOffered, VCenter
 from drcheck.config_types import Duration, SecretSpec, Strict
+from drcheck.durations import format_duration
 from drcheck.results import CheckResult, Status
 
 BOOT_POLL = (0.2, 2.0)  # first and longest pause between reads of the guest's state (seconds)
@@ -32,10 +33,11 @@ class GuestCommand(Strict):
     timeout: Duration = Field(timedelta(minutes=5), description="how long it may run")
 
 
-def wait_for_boot(vc: VCenter, vm, timeout: float, poll: tuple[float, float] = BOOT_POLL) -> list[CheckResult]:
+def wait_for_boot(vc: VCenter, vm, timeout: float, poll: tuple[float, float] | None = None) -> list[CheckResult]:
     """Poll the guest until it is powered on with a green heartbeat, tools running and an
     IP address, or `timeout` seconds passed. Return one check each (power-on, heartbeat,
     tools, guest-ip): passed with the seconds it took, or failed with what was seen last."""
+    poll = poll or BOOT_POLL
     begun, pause = time.perf_counter(), poll[0]
     passed: dict[str, tuple[float, str]] = {}
     tests = {
@@ -63,7 +65,8 @@ def wait_for_boot(vc: VCenter, vm, timeout: float, poll: tuple[float, float] = B
             checks.append(CheckResult(name, Status.PASSED, f"after {at:.1f}s" + (f": {ip}" if ip else ""), at,
                                       {"ip": ip} if ip else {}))
         else:
-            checks.append(CheckResult(name, Status.FAILED, f"not within {elapsed:.0f}s of power-on; {seen}", elapsed))
+            checks.append(CheckResult(name, Status.FAILED, f"not within {format_duration(elapsed)} of power-on; {seen}",
+                                      elapsed))
     return checks
 
 
