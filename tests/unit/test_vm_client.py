@@ -10,7 +10,7 @@ from types import SimpleNamespace
 from unittest.mock import MagicMock
 
 import pytest
-from pyVmomi import vim, vmodl
+from pyVmomi import vim
 
 from drcheck.clients import vsphere_vm
 from drcheck.clients.vsphere import Endpoint, VSphereError
