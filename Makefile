@@ -4,24 +4,24 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-DEMO_DEBS := restic borgbackup sqlite3 ca-certificates
+DEMO_DEBS := restic borgbackup sqlite3 ca-certificates golang-go golang-github-vmware-govmomi-dev
 TEST_DEBS := $(DEMO_DEBS) chromium fonts-dejavu-core
 
 .PHONY: demo test bench run clean system-python
 
 demo: system-python
 	@scripts/install-system-deps $(DEMO_DEBS)
-	@$(MAKE) --no-print-directory $(VENV)/.installed-runtime
+	@$(MAKE) --no-print-directory $(VENV)/.installed-runtime var/bin/vcsim
 	$(BIN)/drcheck --config drcheck.toml demo
 
 test: system-python
 	@scripts/install-system-deps $(TEST_DEBS)
-	@$(MAKE) --no-print-directory $(VENV)/.installed-test
+	@$(MAKE) --no-print-directory $(VENV)/.installed-test var/bin/vcsim
 	scripts/run-tests
 
 bench: system-python
 	@scripts/install-system-deps $(DEMO_DEBS)
-	@$(MAKE) --no-print-directory $(VENV)/.installed-test
+	@$(MAKE) --no-print-directory $(VENV)/.installed-test var/bin/vcsim
 	$(BIN)/python bench/run_all.py --json var/bench/results.json
 
 run: $(VENV)/.installed-runtime
@@ -42,6 +42,16 @@ $(VENV)/.installed-runtime: pyproject.toml | $(VENV)/bin/python
 $(VENV)/.installed-test: pyproject.toml | $(VENV)/bin/python
 	$(BIN)/python -m pip install -q -e '.[test]'
 	@touch $@ $(VENV)/.installed-runtime
+
+# The vCenter simulator (tests/peers/vcsim): Debian ships govmomi's simulator library but no
+# program, so the project builds its own, offline, in GOPATH mode (drcheck/lab_vcsim.py does
+# the same when a test finds the binary missing or stale).
+VCSIM_SOURCES := $(wildcard tests/peers/vcsim/*.go)
+var/bin/vcsim: $(VCSIM_SOURCES)
+	@mkdir -p var/bin var/gopath
+	GO111MODULE=off GOFLAGS= GOPROXY=off GOPATH=$(CURDIR)/var/gopath:/usr/share/gocode \
+		go build -o $@.tmp ./tests/peers/vcsim
+	@mv $@.tmp $@
 
 clean:
 	rm -rf $(VENV) var build *.egg-info .pytest_cache .hypothesis

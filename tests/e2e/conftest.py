@@ -21,6 +21,7 @@ from drcheck import canary
 from drcheck.config_loader import load
 from drcheck.engine import run_probe, run_restore_test
 from drcheck.store import Store
+from tests.e2e.vcsim_fixtures import *  # noqa: F401,F403  (vcsim fixtures: vcsim_binary, make_vcenter, ...)
 
 RESTIC = shutil.which("restic")
 requires_restic = pytest.mark.skipif(RESTIC is None, reason="restic is not installed (make test installs it)")
