@@ -60,10 +60,10 @@ def check_capacity(vc: VCenter, plan: Plan, margins: CapacityMargins) -> CheckRe
     return CheckResult("capacity", Status.PASSED, "; ".join(evidence), time.perf_counter() - begun)
 
 
-def check_isolated(vc: VCenter, place: Place) -> str:
-    """Refuse when the isolated port group's switch has physical uplinks; return the
-    evidence that it has none."""
-    uplinks = vc.uplinks(place.network)
+def check_isolated(vc: VCenter, place: Place, plan: Plan) -> str:
+    """Refuse when the isolated port group's switch has physical uplinks (on any host that
+    has it or may run the VM); return the evidence that it has none."""
+    uplinks = vc.uplinks(place.network, plan.compute.hosts)
     if uplinks:
         raise Refused(f"sandbox network {place.network.name} is not isolated: {'; '.join(uplinks)}")
     return f"{place.network.name} ({place.network.kind} port group) has no physical uplinks"

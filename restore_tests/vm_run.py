@@ -110,10 +110,11 @@ class _Run:
         self.progress("checking the sandbox")
         with span("sandbox"):
             place = vm_sources.resolve(vc, target.sandbox)
-            isolated = vm_guards.check_isolated(vc, place)
         with span("source"):
             plan = vm_sources.prepare(source, vc, place)
         self._describe(plan)
+        with span("isolation"):
+            isolated = vm_guards.check_isolated(vc, place, plan)
         self.progress("checking capacity")
         with span("capacity"):
             result.checks.append(vm_guards.check_capacity(vc, plan, target.capacity))

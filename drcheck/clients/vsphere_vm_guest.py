@@ -61,8 +61,8 @@ class GuestOps:
                 pid = manager.StartProgramInGuest(vm=vm, auth=auth, spec=spec)
                 while time.monotonic() < limit:
                     ended = [p for p in manager.ListProcessesInGuest(vm=vm, auth=auth, pids=[pid]) or [] if p.endTime]
-                    if ended:
-                        return ended[0].exitCode
+                    if ended:  # an exit code of 0 may be left out of the answer (optional int)
+                        return ended[0].exitCode or 0
                     time.sleep(pause)
                     pause = min(pause * 2, GUEST_POLL[1])
             except vim.fault.InvalidGuestLogin:
@@ -74,12 +74,17 @@ class GuestOps:
         does not offer one for it."""
         from pyVmomi import vmodl
 
-        try:
-            with self._api("take a screenshot"):
+        with self._api("take a screenshot"):
+            try:
                 task = vm.CreateScreenshot_Task()
+            except (vmodl.fault.NotSupported, vmodl.fault.MethodNotFound):
+                raise NotOffered("this vCenter offers no console screenshots") from None
+        try:
             where = self.wait(task, "take a screenshot")
-        except vmodl.fault.NotSupported:
-            raise NotOffered("this vCenter offers no screenshots") from None
+        except VSphereError as exc:
+            if "NotSupported" in str(exc):
+                raise NotOffered(f"no console screenshot of this VM: {exc}") from None
+            raise
         match = DATASTORE_PATH.match(str(where or ""))
         if not match:
             raise NotOffered(f"the screenshot is at {where!r}, not on a datastore")

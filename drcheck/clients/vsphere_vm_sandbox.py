@@ -52,21 +52,26 @@ class SandboxReads:
         return self._named(f"{datacenter}/datastore", "datastore", name)
 
     def networks(self, datacenter: str) -> list[Network]:
-        """Every network (port group) of `datacenter`."""
+        """Every network (port group) of `datacenter`, once each (three calls whatever
+        their number: names, distributed port groups' switches, those switches' UUIDs)."""
         from pyVmomi import vim
 
         dc = self._entity(datacenter, "datacenter")
-        handles = list(self.props(dc, "network").get("network") or [])
-        names = self.props_of(handles, "name")
+        handles = list({h._moId: h for h in self.props(dc, "network").get("network") or []}.values())
+        names = [p.get("name", "?") for p in self.props_of(handles, "name")]
+        portgroups = [h for h in handles if isinstance(h, vim.dvs.DistributedVirtualPortgroup)]
+        switches = {h._moId: p.get("config.distributedVirtualSwitch")
+                    for h, p in zip(portgroups, self.props_of(portgroups, "config.distributedVirtualSwitch"), strict=True)}
+        distinct = list({s._moId: s for s in switches.values() if s is not None}.values())
+        uuids = {s._moId: p.get("uuid") for s, p in zip(distinct, self.props_of(distinct, "uuid"), strict=True)}
         found = []
-        for handle, p in zip(handles, names, strict=True):
-            if isinstance(handle, vim.dvs.DistributedVirtualPortgroup):
-                dvs = self.props(handle, "config.distributedVirtualSwitch").get("config.distributedVirtualSwitch")
-                uuid = self.props(dvs, "uuid").get("uuid") if dvs is not None else None
-                found.append(Network(p.get("name", "?"), handle._moId, "distributed", handle, uuid))
+        for handle, name in zip(handles, names, strict=True):
+            if handle._moId in switches:
+                switch = switches[handle._moId]
+                found.append(Network(name, handle._moId, "distributed", handle, uuids.get(switch._moId) if switch else None))
             else:
                 kind = "opaque" if isinstance(handle, vim.OpaqueNetwork) else "standard"
-                found.append(Network(p.get("name", "?"), handle._moId, kind, handle))
+                found.append(Network(name, handle._moId, kind, handle))
         return found
 
     def compute(self, path: str) -> Compute:
@@ -99,35 +104,44 @@ class SandboxReads:
                 return Compute(p["resourcePool"], tuple(p.get("host") or ()))
         raise VSphereError(f"datacenter {datacenter} has no cluster or host to run a sandbox VM")
 
-    def uplinks(self, network: Network) -> list[str]:
-        """The physical uplinks `network`'s switch has, one description each (empty: none)."""
+    def uplinks(self, network: Network, hosts: tuple = ()) -> list[str]:
+        """The physical uplinks `network`'s switch has, one description each (empty:
+        none). A standard port group is looked at on every host vCenter lists for it and
+        on `hosts` (those that may run the VM): a host without it is a problem too, since
+        nothing can be verified there."""
         if network.kind == "opaque":
             return [f"{network.name} is an opaque (NSX) network; drcheck cannot see its uplinks"]
         if network.kind == "distributed":
-            dvs = self.props(network.handle, "config.distributedVirtualSwitch")["config.distributedVirtualSwitch"]
-            config = self.props(dvs, "config", "name")
-            found = []
-            for member in getattr(config.get("config"), "host", None) or []:
-                pnics = [s.pnicDevice for s in getattr(member.config.backing, "pnicSpec", None) or []]
-                if pnics:
-                    host = self.props(member.config.host, "name").get("name", "?") if member.config.host else "?"
-                    found.append(f"distributed switch {config.get('name')} on {host} has physical NICs "
-                                 f"{', '.join(pnics)}")
-            return found
-        hosts = list(self.props(network.handle, "host").get("host") or [])
+            return self._dvs_uplinks(network)
+        listed = list(self.props(network.handle, "host").get("host") or [])
+        every = list({h._moId: h for h in [*listed, *hosts]}.values())
+        if not every:
+            return [f"no host has port group {network.name}: its uplinks cannot be verified"]
         found = []
-        for p in self.props_of(hosts, "name", "config.network.portgroup", "config.network.vswitch"):
+        for p in self.props_of(every, "name", "config.network.portgroup", "config.network.vswitch"):
             switches = {v.name: v for v in p.get("config.network.vswitch") or []}
-            for group in p.get("config.network.portgroup") or []:
-                if group.spec.name != network.name:
-                    continue
+            groups = [g for g in p.get("config.network.portgroup") or [] if g.spec.name == network.name]
+            if not groups:
+                found.append(f"host {p.get('name', '?')} has no port group {network.name}")
+            for group in groups:
                 switch = switches.get(group.spec.vswitchName)
                 pnics = list(getattr(switch, "pnic", None) or [])
                 bridge = getattr(getattr(switch, "spec", None), "bridge", None)
                 if pnics or bridge is not None:
-                    what = ", ".join(p.rpartition("-")[2] for p in pnics) or type(bridge).__name__
+                    what = ", ".join(n.rpartition("-")[2] for n in pnics) or type(bridge).__name__
                     found.append(f"vSwitch {group.spec.vswitchName} on {p.get('name', '?')} has physical uplinks "
                                  f"({what})")
+        return found
+
+    def _dvs_uplinks(self, network: Network) -> list[str]:
+        dvs = self.props(network.handle, "config.distributedVirtualSwitch")["config.distributedVirtualSwitch"]
+        config = self.props(dvs, "config", "name")
+        found = []
+        for member in getattr(config.get("config"), "host", None) or []:
+            pnics = [s.pnicDevice for s in getattr(member.config.backing, "pnicSpec", None) or []]
+            if pnics:
+                host = self.props(member.config.host, "name").get("name", "?") if member.config.host else "?"
+                found.append(f"distributed switch {config.get('name')} on {host} has physical NICs {', '.join(pnics)}")
         return found
 
     def host_memory(self, compute: Compute) -> list[HostMemory]:

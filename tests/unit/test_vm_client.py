@@ -121,6 +121,11 @@ def test_uplinks_of_a_standard_port_group_on_every_host():
     assert vcenter(Props(table)).uplinks(network) == ["vSwitch vSwitch1 on H2 has physical uplinks (vmnic1)"]
     table["host-2"] = standard_host("H2", bare)
     assert vcenter(Props(table)).uplinks(network) == []
+    # a host that may run the VM but that vCenter does not list for the network is looked at too
+    table["host-3"] = {"name": "H3", "config.network.portgroup": [], "config.network.vswitch": []}
+    assert vcenter(Props(table)).uplinks(network, (vim.HostSystem("host-3"),)) == ["host H3 has no port group iso"]
+    table["network-12"]["host"] = []
+    assert "cannot be verified" in vcenter(Props(table)).uplinks(network)[0]
 
 
 def test_uplinks_of_a_distributed_switch_with_pnics():

@@ -51,7 +51,7 @@ def fake_vcenter(world: World) -> VCenter:
     vc.server_time.return_value = NOW
     vc.find.return_value = "folder-handle"
     vc.networks.return_value = [ISOLATED, PRODUCTION]
-    vc.uplinks.side_effect = lambda network: list(world.uplinks)
+    vc.uplinks.side_effect = lambda network, hosts=(): list(world.uplinks)
     vc.vm.side_effect = lambda ref: "source-vm"
     vc.facts.side_effect = lambda vm: VmFacts("sis01" if vm == "source-vm" else str(vm), "4210-uuid-sis01", 256,
                                               GIB, ("LocalDS_0",), "poweredOff", "pool", vm)
