@@ -19,7 +19,7 @@ from drcheck.config_types import Duration, SecretSpec, Strict
 from drcheck.durations import format_duration
 from drcheck.results import CheckResult, Status
 
-BOOT_POLL = (0.2, 2.0)  # first and longest pause between reads of the guest's state (seconds)
+BOOT_POLL = (0.1, 1.0)  # first and longest pause between reads of the guest's state (seconds)
 
 
 class GuestCommand(Strict):
