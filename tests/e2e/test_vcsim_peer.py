@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import http.client
 import socket
+import ssl
 import time
+import urllib.request
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -348,3 +350,136 @@ def test_power_log_records_each_power_on_with_nic_states(lab, si):
     assert datetime.fromisoformat(entry["time"].replace("Z", "+00:00")) > datetime.fromisoformat(
         sis["time"].replace("Z", "+00:00"))
     assert nic(vm).connectable.connected is False
+
+
+# -- guest operations ----------------------------------------------------------------------
+
+
+def guest_auth(user: str = "lab", password: str = "lab"):
+    return vim.vm.guest.NamePasswordAuthentication(username=user, password=password)
+
+
+def run_in_guest(si, vm, program: str = "/usr/bin/check-app", auth=None):
+    """Start a program in the guest and wait for it to end; return its ProcessInfo."""
+    pm = si.RetrieveContent().guestOperationsManager.processManager
+    auth = auth or guest_auth()
+    pid = pm.StartProgramInGuest(vm, auth, vim.vm.guest.ProcessManager.ProgramSpec(programPath=program,
+                                                                                   arguments="--quick"))
+    return wait_until(lambda: next((p for p in pm.ListProcessesInGuest(vm, auth, [pid]) if p.endTime), None),
+                      what="the guest program to end")
+
+
+def test_guest_program_exit_codes_and_credentials(lab, si):
+    sis = find_vm(si, "DC0/vm/Schools/High/sis01")
+    mail = find_vm(si, "DC0/vm/Schools/High/mail01")
+    wait_task(mail.PowerOnVM_Task())
+    for vm in (sis, mail):
+        wait_until(lambda vm=vm: vm.guest.toolsRunningStatus == "guestToolsRunning", what=f"{vm.name} boot")
+
+    done = run_in_guest(si, sis)
+    assert done.exitCode == 0  # present, not unset, for a clean exit
+    assert done.cmdLine == "/usr/bin/check-app --quick" and done.name == "check-app"
+    assert run_in_guest(si, mail).exitCode == 3
+    lab.control("/vm", {"vm": "mail01", "guest_exit": 7})
+    assert run_in_guest(si, mail).exitCode == 7
+
+    pm = si.RetrieveContent().guestOperationsManager.processManager
+    spec = vim.vm.guest.ProcessManager.ProgramSpec(programPath="/bin/true")
+    with pytest.raises(vim.fault.InvalidGuestLogin):
+        pm.StartProgramInGuest(sis, guest_auth(password="wrong"), spec)
+    with pytest.raises(vim.fault.InvalidGuestLogin):
+        pm.ListProcessesInGuest(sis, guest_auth(user="root"), [])
+    stuck = find_vm(si, "DC0/vm/Schools/High/stuck01")
+    with pytest.raises(vim.fault.GuestOperationsUnavailable):
+        pm.StartProgramInGuest(stuck, guest_auth(), spec)
+    off = find_vm(si, "DC0/vm/Schools/Middle/sis01")
+    with pytest.raises(vim.fault.InvalidPowerState):
+        pm.StartProgramInGuest(off, guest_auth(), spec)
+
+
+def test_screenshot_is_a_png_on_the_datastore(lab, si):
+    vm = find_vm(si, "DC0/vm/Schools/High/sis01")
+    path = wait_task(vm.CreateScreenshot_Task())
+    assert path == "[LocalDS_0] sis01/sis01-1.png"
+    assert wait_task(vm.CreateScreenshot_Task()) == "[LocalDS_0] sis01/sis01-2.png"
+    url = f"https://127.0.0.1:{lab.port}/folder/sis01/sis01-1.png?dcPath=DC0&dsName=LocalDS_0"
+    request = urllib.request.Request(url, headers={"Cookie": si._stub.cookie})
+    with urllib.request.urlopen(request, context=ssl._create_unverified_context(), timeout=10) as response:
+        data = response.read()
+    assert data.startswith(b"\x89PNG\r\n\x1a\n")
+    off = find_vm(si, "DC0/vm/Schools/Middle/sis01")
+    with pytest.raises(vim.fault.InvalidPowerState):
+        wait_task(off.CreateScreenshot_Task())
+
+
+# -- restore, export, register ----------------------------------------------------------------
+
+
+def test_restore_creates_a_powered_off_copy_and_a_created_event(lab, si):
+    before = utcnow()
+    answer = lab.control("/restore", {"source": "DC0/vm/Schools/High/sis01", "name": "sis01-restored",
+                                      "folder": "DC0/vm/drcheck-sandbox"})
+    vm = find_vm(si, "DC0/vm/drcheck-sandbox/sis01-restored")
+    assert answer["moref"] == vm._moId and answer["uuid"] == vm.config.instanceUuid
+    assert vm.runtime.powerState == "poweredOff"
+    card = nic(vm)
+    assert (card.backing.deviceName, card.connectable.startConnected, card.connectable.connected) == (
+        "VM Network", True, False)
+    created = datetime.fromisoformat(answer["created"].replace("Z", "+00:00"))
+    assert before - timedelta(seconds=1) <= created <= utcnow()
+
+    events = si.RetrieveContent().eventManager.QueryEvents(vim.event.EventFilterSpec(
+        entity=vim.event.EventFilterSpec.ByEntity(entity=vm, recursion="self")))
+    (made,) = [e for e in events if isinstance(e, vim.event.VmCreatedEvent)]
+    assert made.createdTime == created
+    assert {o.key: o.value for o in vm.config.extraConfig}["drcheck.lab.hostname"] == "sis01.district.local"
+    assert not any(e["vm"] == "sis01-restored" for e in lab.power_log())  # never powered on
+
+    with pytest.raises(VcsimControlError) as err:
+        lab.control("/restore", {"source": "nope", "name": "x"})
+    assert err.value.status == 404
+
+
+def test_export_then_register_vm_brings_back_guest_memory_nics_and_extra_config(lab, si):
+    answer = lab.control("/export", {"vm": "DC0/vm/Schools/High/mail01", "datastore": "LocalDS_0",
+                                     "dir": "exports/mail01-2026-11-22"})
+    assert answer == {"path": "[LocalDS_0] exports/mail01-2026-11-22/mail01.vmx"}
+    content = si.RetrieveContent()
+    browser = all_of(si, vim.Datastore)[0].browser
+    listing = wait_task(browser.SearchDatastore_Task("[LocalDS_0] exports/mail01-2026-11-22",
+                                                 vim.host.DatastoreBrowser.SearchSpec(matchPattern=["*"])))
+    assert {"mail01.vmx", "mail01.vmdk"} <= {f.path for f in listing.file}
+
+    sandbox = content.searchIndex.FindByInventoryPath("DC0/vm/drcheck-sandbox")
+    pool = content.searchIndex.FindByInventoryPath("DC0/host/DC0_C0/Resources")
+    vm = wait_task(sandbox.RegisterVM_Task(path=answer["path"], asTemplate=False, pool=pool))
+    source = find_vm(si, "DC0/vm/Schools/High/mail01")
+    assert vm.name == "mail01" and vm != source  # the .vmx's displayName, as vCenter names it
+    assert vm.config.guestId == source.config.guestId
+    assert vm.config.hardware.memoryMB == source.config.hardware.memoryMB
+    assert [n.name for n in vm.network] == ["DC0_DVPG0"]
+    assert nic(vm).connectable.startConnected is True
+    options = {o.key: o.value for o in vm.config.extraConfig}
+    assert (options["drcheck.lab.guest_exit"], options["drcheck.lab.boot"]) == ("3", "200ms")
+    (disk,) = [d for d in vm.config.hardware.device if isinstance(d, vim.vm.device.VirtualDisk)]
+    assert disk.backing.fileName == "[LocalDS_0] exports/mail01-2026-11-22/mail01.vmdk"
+    assert disk.capacityInKB == 1024 * 1024
+    events = content.eventManager.QueryEvents(vim.event.EventFilterSpec(
+        entity=vim.event.EventFilterSpec.ByEntity(entity=vm, recursion="self")))
+    assert any(isinstance(e, vim.event.VmRegisteredEvent) for e in events)
+
+    with pytest.raises(vim.fault.AlreadyExists):  # those files are registered already
+        wait_task(sandbox.RegisterVM_Task(path=answer["path"], asTemplate=False, pool=pool))
+    second = lab.control("/export", {"vm": "DC0/vm/Schools/High/mail01", "datastore": "LocalDS_0", "dir": "exports/second"})
+    named = wait_task(sandbox.RegisterVM_Task(path=second["path"], name="mail01-check", asTemplate=False, pool=pool))
+    assert named.name == "mail01-check"
+    wait_task(named.PowerOnVM_Task())
+    assert run_in_guest(si, wait_until(lambda: named.guest.toolsRunningStatus == "guestToolsRunning" and named,
+                                       what="registered VM boots")).exitCode == 3
+
+    with pytest.raises(VcsimControlError) as err:
+        lab.control("/export", {"vm": "DC0/vm/Schools/High/mail01", "datastore": "LocalDS_0", "dir": "exports/mail01-2026-11-22"})
+    assert err.value.status == 409
+    with pytest.raises(VcsimControlError) as err:
+        lab.control("/export", {"vm": "DC0/vm/Schools/High/mail01", "datastore": "LocalDS_0", "dir": "../escape"})
+    assert err.value.status == 400

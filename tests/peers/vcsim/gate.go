@@ -25,8 +25,9 @@ type gate struct {
 	release chan struct{} // closed when a hang ends
 	calls   map[string]int
 
-	// extra answers SOAP methods the library lacks; nil means "let the library answer".
-	extra func(method string, body []byte, w http.ResponseWriter, r *http.Request) bool
+	// extra answers SOAP methods the library lacks (handled=true) or rewrites the
+	// request body the library then gets.
+	extra func(method string, body []byte, w http.ResponseWriter, r *http.Request) (handled bool, rewritten []byte)
 }
 
 func newGate() *gate {
@@ -112,8 +113,12 @@ func (g *gate) wrap(next http.Handler) http.Handler {
 		if method != "" {
 			g.count(method)
 		}
-		if g.extra != nil && g.extra(method, body, w, r) {
-			return
+		if g.extra != nil {
+			handled, rewritten := g.extra(method, body, w, r)
+			if handled {
+				return
+			}
+			body = rewritten
 		}
 		r.Body = io.NopCloser(bytes.NewReader(body))
 		r.ContentLength = int64(len(body))

@@ -61,10 +61,15 @@ func (g *guestState) current(ref types.ManagedObjectReference) uint64 {
 // initVM gives a new VM what a real vCenter reports for a powered-off VM; the
 // library leaves guestHeartbeatStatus unset (and Fetch of unset properties failed).
 func (g *guestState) initVM(vm *simulator.VirtualMachine) {
+	var changes []types.PropertyChange
 	if vm.GuestHeartbeatStatus == "" {
-		simulator.Map.Update(vm, []types.PropertyChange{
-			{Name: "guestHeartbeatStatus", Val: types.ManagedEntityStatusGray},
-		})
+		changes = append(changes, types.PropertyChange{Name: "guestHeartbeatStatus", Val: types.ManagedEntityStatusGray})
+	}
+	if vm.Config != nil && vm.Config.CreateDate == nil {
+		changes = append(changes, types.PropertyChange{Name: "config.createDate", Val: time.Now()})
+	}
+	if len(changes) > 0 {
+		simulator.Map.Update(vm, changes)
 	}
 }
 
@@ -186,6 +191,16 @@ func (g *guestState) setGuest(vm *simulator.VirtualMachine, running bool) {
 // becomes its startConnected setting. Devices are copied first because the
 // library shares device structs between VMs (the model and clones reuse them).
 func connectNICs(vm *simulator.VirtualMachine) {
+	setNICsConnected(vm, true)
+}
+
+// disconnectNICs: a powered-off VM (a fresh clone of a running one) has no NIC connected.
+func disconnectNICs(vm *simulator.VirtualMachine) {
+	setNICsConnected(vm, false)
+}
+
+// setNICsConnected copies the NICs with connected = startConnected (powerOn) or false.
+func setNICsConnected(vm *simulator.VirtualMachine, powerOn bool) {
 	if vm.Config == nil {
 		return
 	}
@@ -197,9 +212,11 @@ func connectNICs(vm *simulator.VirtualMachine) {
 			cp.Elem().Set(reflect.ValueOf(d).Elem())
 			nd := cp.Interface().(types.BaseVirtualDevice)
 			conn := *d.GetVirtualDevice().Connectable
-			conn.Connected = conn.StartConnected
+			conn.Connected = powerOn && conn.StartConnected
 			if conn.Connected {
 				conn.Status = "ok"
+			} else if !powerOn {
+				conn.Status = "untried"
 			}
 			nd.GetVirtualDevice().Connectable = &conn
 			d = nd
@@ -289,12 +306,36 @@ func (pm *guestProcessManager) StartProgramInGuest(ctx *simulator.Context, req *
 	return body
 }
 
+// ListProcessesInGuest is answered by the gate (see listProcesses): the library's
+// encoder drops exitCode 0 (omitempty), and a client must see "exited with 0".
 func (pm *guestProcessManager) ListProcessesInGuest(ctx *simulator.Context, req *types.ListProcessesInGuest) soap.HasFault {
 	body := &methods.ListProcessesInGuestBody{}
-	vm, fault := pm.prepare(req.Vm, req.Auth)
+	procs, fault := pm.list(req)
 	if fault != nil {
 		body.Fault_ = simulator.Fault("", fault)
 		return body
+	}
+	for _, p := range procs {
+		body.Res = &types.ListProcessesInGuestResponse{}
+		body.Res.Returnval = append(body.Res.Returnval, p.GuestProcessInfo)
+	}
+	if body.Res == nil {
+		body.Res = &types.ListProcessesInGuestResponse{}
+	}
+	return body
+}
+
+// listedProcess is one process as the guest reports it; ended says whether
+// endTime and exitCode are set.
+type listedProcess struct {
+	types.GuestProcessInfo
+	ended bool
+}
+
+func (pm *guestProcessManager) list(req *types.ListProcessesInGuest) ([]listedProcess, types.BaseMethodFault) {
+	vm, fault := pm.prepare(req.Vm, req.Auth)
+	if fault != nil {
+		return nil, fault
 	}
 	want := map[int64]bool{}
 	for _, pid := range req.Pids {
@@ -303,23 +344,22 @@ func (pm *guestProcessManager) ListProcessesInGuest(ctx *simulator.Context, req 
 	now := time.Now()
 	g := pm.g
 	g.mu.Lock()
-	var out []types.GuestProcessInfo
+	defer g.mu.Unlock()
+	var out []listedProcess
 	for _, p := range g.procs[vm.Self] {
 		if len(want) > 0 && !want[p.info.Pid] {
 			continue
 		}
-		info := p.info
+		lp := listedProcess{GuestProcessInfo: p.info}
 		if now.After(p.end) {
 			end := p.end
-			info.EndTime = &end
+			lp.EndTime, lp.ended = &end, true
 		} else {
-			info.ExitCode = 0 // still running: no exit code yet
+			lp.ExitCode = 0
 		}
-		out = append(out, info)
+		out = append(out, lp)
 	}
-	g.mu.Unlock()
-	body.Res = &types.ListProcessesInGuestResponse{Returnval: out}
-	return body
+	return out, nil
 }
 
 func (pm *guestProcessManager) TerminateProcessInGuest(ctx *simulator.Context, req *types.TerminateProcessInGuest) soap.HasFault {

@@ -7,6 +7,7 @@ package main
 
 import (
 	"context"
+	"net/http"
 	"sync"
 
 	"github.com/vmware/govmomi/simulator"
@@ -33,6 +34,7 @@ type lab struct {
 	mu         sync.Mutex
 	cloneSaved map[types.ManagedObjectReference][]types.BaseVirtualDevice // source devices saved while a clone runs
 	alarms     map[string]*mo.Alarm                                       // alarm definitions made by /alarm, by name
+	library    http.Handler                                               // the library's own HTTP handler, behind the gate
 }
 
 func newLab(m *simulator.Model, o *options) *lab {

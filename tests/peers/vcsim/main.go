@@ -159,6 +159,8 @@ func (l *lab) serve() (*simulator.Server, error) {
 	srv := m.Service.NewServer() // panics when it cannot listen; that is fatal anyway
 	// NewServer has started serving, but http.Server reads Handler per request and
 	// nobody knows our address before the ready line, so swapping it here is safe.
-	srv.Config.Handler = l.gate.wrap(srv.Config.Handler)
+	l.library = srv.Config.Handler
+	l.gate.extra = l.soapExtra
+	srv.Config.Handler = l.gate.wrap(l.library)
 	return srv, nil
 }

@@ -61,15 +61,14 @@ func (l *lab) taskFinished(t *mo.Task) {
 	}
 	switch t.Info.DescriptionId {
 	case "Folder.createVm":
+		// Also the inner task of CloneVM_Task and RegisterVM_Task: it finishes
+		// before the outer task reports success, so clients never see a half-made VM.
 		if created != nil {
 			simulator.Map.WithLock(created, func() { l.guest.initVM(created) })
+			l.registered(created)
 		}
 	case "VirtualMachine.cloneVm":
 		l.cloneFinished(t, created)
-	case "Folder.registerVm":
-		if created != nil {
-			l.registered(created)
-		}
 	}
 }
 
@@ -94,6 +93,7 @@ func (l *lab) cloneFinished(t *mo.Task, clone *simulator.VirtualMachine) {
 	inherited := src.Config.ExtraConfig
 	simulator.Map.WithLock(clone, func() {
 		mergeExtraConfig(clone, inherited)
+		disconnectNICs(clone)
 	})
 }
 
