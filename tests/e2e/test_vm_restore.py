@@ -134,7 +134,9 @@ def test_a_fenced_clone_passes_with_measured_rto_and_rpo(lab):
     assert checks["fencing"].evidence.startswith("Network adapter 1: VM Network -> drcheck-isolated")
     assert checks["guest command /usr/bin/check-app"].evidence == "exit code 0 (expected 0)"
     assert checks["guest-ip"].evidence.split(": ")[1].startswith("10.")
-    assert checks["screenshot"].status in (Status.PASSED, Status.SKIPPED)  # evidence where the API offers it
+    shot = Path(checks["screenshot"].details["path"])  # evidence, downloaded over the session
+    assert checks["screenshot"].status is Status.PASSED and shot.read_bytes().startswith(b"\x89PNG")
+    assert shot.parent == lab.root / "state" / "evidence"
     assert {"restore", "fence", "power-on", "boot", "guest-command", "cleanup"} <= set(result.details["phases"])
     assert any(p.startswith("waiting for the guest to boot") for p in lab.phases)
     _, store = lab.configure()
