@@ -132,19 +132,18 @@ def prepare_clone(source: CloneSource, vc: VCenter, place: Place) -> Plan:
         which = f"named {source.snapshot}" if source.snapshot else "at all"
         raise Missing(f"VM {facts.name} has no snapshot {which}: nothing to restore")
     snapshot = snapshots[-1]
-    path = source.vm if source.vm and "/" in source.vm else vc.path_of(vm)
+    path = "/" + source.vm.strip("/") if source.vm and "/" in source.vm else vc.path_of(vm)
     datastore = place.datastore or (vc.datastore(place.datacenter, facts.datastores[0]) if facts.datastores else None)
+    compute = place.compute or vc.pool_compute(facts.pool)
 
     def create(name: str) -> Created:
-        task = vc.clone(vm, snapshot, place.folder, name, (place.compute or vc.pool_compute(facts.pool)).pool,
-                        place.datastore)
+        task = vc.clone(vm, snapshot, place.folder, name, compute.pool, place.datastore)
         return Created(vc.wait(task, f"clone {facts.name} as {name}"), vc.task_started(task))
 
     # a linked clone shares the snapshot's disks: it needs room for its swap file and deltas
     return Plan(f"linked clone of {path} at snapshot {snapshot.name!r}", facts.name, facts.uuid, path,
-                f"{facts.uuid or facts.name}/{snapshot.name}", snapshot.created,
-                place.compute or vc.pool_compute(facts.pool), datastore, facts.memory_mb,
-                facts.memory_mb * 1024 * 1024, create)
+                f"{facts.uuid or facts.name}/{snapshot.name}", snapshot.created, compute, datastore,
+                facts.memory_mb, facts.memory_mb * 1024 * 1024, create)
 
 
 def prepare_register(source: RegisterSource, vc: VCenter, place: Place) -> Plan:

@@ -1,8 +1,9 @@
-"""VM operations for the `vm` restore test: find a VM, its snapshots and a sandbox's
-folder, compute, datastore and network; clone, register, rename, reconfigure NICs, power,
-destroy; read NIC, switch-uplink, capacity and guest state; run a program in the guest;
-take a screenshot. Every read is one `RetrievePropertiesEx` of the properties needed,
-never attribute-by-attribute reads.
+"""VM operations for the `vm` restore test: find a VM, its snapshots, its creation event
+and a backup's files; clone, register, rename, reconfigure NICs, power on and off,
+destroy. `VCenter` also mixes in the sandbox reads (datastores, networks and their
+uplinks, compute, host memory: `vsphere_vm_sandbox`) and the guest (state, guest programs,
+screenshots: `vsphere_vm_guest`). Every read is one `RetrievePropertiesEx` of the
+properties needed, never attribute-by-attribute reads.
 
 Values handed back are plain dataclasses; vSphere objects travel as opaque handles the
 caller only passes back. Every failure is a `VSphereError` (ERROR); `Missing` (a

@@ -157,6 +157,17 @@ def test_register_of_exported_files_passes_with_rpo_from_the_vmx(lab):
     assert result.details["sandbox_vm"] not in lab.sandbox_vms()
 
 
+@pytest.mark.parametrize("source, words", [
+    ({"type": "register", "vmx": "[LocalDS_0] exports/gone/gone.vmx"}, "[LocalDS_0] exports/gone/gone.vmx is not on"),
+    ({"type": "clone", "vm": "sis01", "snapshot": "weekly"}, "VM sis01 has no snapshot named weekly"),
+    ({"type": "clone", "vm": "DC0/vm/Replicas/sis01_replica"}, "no VM DC0/vm/Replicas/sis01_replica"),
+])
+def test_a_missing_restore_point_fails_and_creates_nothing(lab, source, words):
+    result = only(lab.run("vm-gone", **{"vm-gone": lab.test(source)}))
+    assert result.status is Status.FAILED and words in result.reason
+    assert lab.sandbox_vms() == [] and lab.powered_on_in_sandbox() == []
+
+
 def test_adopt_fences_a_vm_a_backup_product_restored_and_counts_rto_from_its_creation(lab):
     restored = lab.sim.control("/restore", {"source": "DC0/vm/Production/sis01", "name": "sis01-restored",
                                             "folder": SANDBOX})
