@@ -292,12 +292,6 @@ func (l *lab) ctlDatastore(r *http.Request) (interface{}, error) {
 		if len(changes) > 0 {
 			simulator.Map.Update(ds, changes)
 		}
-		if req.Capacity != nil {
-			// DatastoreInfo has no capacity field; VmfsDatastoreInfo/LocalDatastoreInfo keep it elsewhere.
-			if local, ok := ds.Info.(*types.LocalDatastoreInfo); ok {
-				local.MaxFileSize = *req.Capacity
-			}
-		}
 		out = map[string]interface{}{
 			"datastore": ds.Name, "capacity": ds.Summary.Capacity,
 			"free": ds.Summary.FreeSpace, "accessible": ds.Summary.Accessible,

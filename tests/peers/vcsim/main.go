@@ -74,6 +74,7 @@ func main() {
 	if err := m.Create(); err != nil {
 		log.Fatalf("create inventory: %v", err)
 	}
+	log.Printf("model created in %s", time.Since(started).Round(time.Millisecond))
 	// Everything below needs the Registry that Create made (it replaces simulator.Map).
 	installFixes()
 	lab := newLab(m, o)
