@@ -101,9 +101,16 @@ class VmLab:
         return [child.name for child in folder.childEntity]
 
 
+TIB, GIB = 1024**4, 1024**3
+
+
 @pytest.fixture
 def lab(make_vcenter, vcsim_ca, tmp_path) -> VmLab:
-    return VmLab(tmp_path, make_vcenter(scenario=SCENARIO, boot_delay="500ms", tls=vcsim_ca), vcsim_ca)
+    sim = make_vcenter(scenario=SCENARIO, boot_delay="500ms", tls=vcsim_ca)
+    # the simulated datastore lives wherever the simulator keeps its files: give it a size
+    # of its own, so the capacity guard judges the same figures on every machine
+    sim.control("/datastore", {"datastore": "LocalDS_0", "capacity": 2 * TIB, "free": TIB})
+    return VmLab(tmp_path, sim, vcsim_ca)
 
 
 def only(results):
@@ -217,6 +224,19 @@ def test_a_guest_command_with_wrong_credentials_or_exit_code_fails(lab, vm_name,
     result = only(lab.run("vm-guest", **{"vm-guest": test}))
     assert result.status is Status.FAILED and words in result.reason
     assert result.rto_seconds is None
+
+
+@pytest.mark.parametrize("control, words", [
+    (("/datastore", {"datastore": "LocalDS_0", "free": 5 * GIB}), "datastore LocalDS_0 has 5.0 GiB free"),
+    (("/host", {"host": "DC0_C0_H0", "memory_free_mb": 600}), "no host has 1280 MB of memory free"),
+])
+def test_the_capacity_guard_refuses_before_anything_is_created(lab, control, words):
+    lab.sim.control("/host", {"host": "DC0_C0_H1", "maintenance": True})  # sis01's cluster: one usable host
+    lab.sim.control(*control)
+    loaded, store = lab.configure(**{"vm-sis": lab.test({"type": "clone", "vm": "sis01"})})
+    result = only(run_restore_tests(loaded, store, "vm-sis"))
+    assert result.status is Status.ERROR and words in result.reason
+    assert lab.sandbox_vms() == [] and store.query("SELECT COUNT(*) AS n FROM leases")[0]["n"] == 0
 
 
 def test_vcenter_going_away_mid_test_is_an_error_and_the_vm_is_reaped_once_it_is_back(lab):
