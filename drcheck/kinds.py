@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import warnings
 from datetime import timedelta
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Mapping, Protocol, Sequence, runtime_checkable
 
 from pydantic import BaseModel, Field
 
@@ -89,9 +90,16 @@ class RestoreTestTarget(Strict):
     schedule: Schedule | None = Field(None, description="when to run (default: only on demand)")
     timeout: Duration | None = Field(None, description="overall limit (default: agent.job_timeout)")
 
+    # Kinds that plant canaries in a live source (files) override this with a `canary`
+    # field; the CLI and the scheduler look at every test's.
+    canary: ClassVar[Any] = None
+
     def references(self, loaded: "LoadedConfig") -> list[tuple[str, str]]:
         """Kind-specific cross-reference problems as (key path below this test, message)."""
         return []
+
+
+warnings.filterwarnings("ignore", message='Field name "canary" in ".*" shadows an attribute', category=UserWarning)
 
 
 def action_timeout(target: ProbeTarget, action: str, job_timeout: timedelta) -> timedelta:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from datetime import timedelta
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, model_validator
 
@@ -60,8 +60,6 @@ class VmRestoreTest(RestoreTestTarget):
                                       description="what must stay free on the datastore and hosts")
     rotation: Rotation | None = Field(None, description="test a set of VMs in turn (clone source without vm)")
 
-    # the CLI and the scheduler read every test's canary; a VM test plants none
-    canary: ClassVar[None] = None
 
     @model_validator(mode="after")
     def _source_fits_rotation(self) -> "VmRestoreTest":

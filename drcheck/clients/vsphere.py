@@ -26,12 +26,13 @@ log = logging.getLogger(__name__)
 
 
 class VSphereError(SourceError):
-    """vCenter could not be reached or refused what drcheck asked (ERROR, not a verdict on
-    any backup; `damaged` stays False). `connection_lost`: the network failed (timeout,
-    reset), so cleanup calls on that session would only wait for their own timeouts."""
+    """vCenter could not be reached or refused what drcheck asked (ERROR), or, with
+    `damaged`, what should be restored is not there (FAILED). `connection_lost`: the network
+    failed (timeout, reset), so cleanup calls on that session would only wait for their own
+    timeouts."""
 
-    def __init__(self, reason: str, connection_lost: bool = False):
-        super().__init__(reason)
+    def __init__(self, reason: str, damaged: bool = False, connection_lost: bool = False):
+        super().__init__(reason, damaged=damaged)
         self.connection_lost = connection_lost
 
 
@@ -102,13 +103,13 @@ def api_errors(endpoint: Endpoint, what: str) -> Iterator[None]:
     except ssl.SSLError as exc:
         raise VSphereError(f"{where}: TLS failed ({exc.reason or exc})") from None
     except (socket.timeout, TimeoutError):
-        raise VSphereError(f"{where}: {what}: no answer within {endpoint.timeout:.0f}s", True) from None
+        raise VSphereError(f"{where}: {what}: no answer within {endpoint.timeout:.0f}s", connection_lost=True) from None
     except ConnectionRefusedError:
-        raise VSphereError(f"{where}: unreachable (connection refused)", True) from None
+        raise VSphereError(f"{where}: unreachable (connection refused)", connection_lost=True) from None
     except (http.client.HTTPException, ConnectionError, OSError) as exc:
         if type(exc).__name__ in ("ThumbprintMismatchException", "CertificateMismatchException"):
             raise VSphereError(f"{where}: certificate does not match the pinned thumbprint") from None
-        raise VSphereError(f"{where}: {what}: connection failed ({type(exc).__name__}: {exc})", True) from None
+        raise VSphereError(f"{where}: {what}: connection failed ({type(exc).__name__}: {exc})", connection_lost=True) from None
 
 
 @contextmanager

@@ -26,7 +26,10 @@ def schema_kinds(field: str) -> set[str]:
 
 
 def modules_on_disk(folder: str, helpers: set[str]) -> set[str]:
-    return {p.stem for p in (ROOT / folder).glob("*.py")} - {"__init__"} - helpers
+    """Kind modules in `folder`: every module but `__init__`, the shared `helpers`, and a
+    kind's own helpers (`<kind>_*.py`, e.g. vm_sources.py beside vm.py)."""
+    stems = {p.stem for p in (ROOT / folder).glob("*.py")} - {"__init__"} - helpers
+    return {s for s in stems if not any(s.startswith(f"{kind}_") for kind in stems - {s})}
 
 
 def test_probe_kinds_agree():
