@@ -21,8 +21,8 @@ from rich.table import Table
 
 from drcheck import __version__
 from drcheck.config_loader import ConfigError, LoadedConfig, find_config, load
-from drcheck.console import (ProgressView, err, local, out, print_leases_left, print_status_table, print_unprotected,
-                             print_vm_table, styled)
+from drcheck.console import (ProgressView, err, local, out, print_leases_left, print_rotations, print_status_table,
+                             print_unprotected, print_vm_table, styled)
 from drcheck.durations import format_duration
 from drcheck.results import utcnow
 
@@ -244,6 +244,7 @@ def canary_plant(state: State, tests: tuple[str, ...]) -> None:
 @pass_state
 def status(state: State, as_json: bool) -> None:
     """Show each system: tier, targets, newest restore points, last test and verdict."""
+    from drcheck.kinds import rotation_coverage
     from drcheck.rules import Facts, evaluate, failing
     from drcheck.status import system_statuses, vm_statuses
 
@@ -254,6 +255,7 @@ def status(state: State, as_json: bool) -> None:
         results = evaluate(loaded, store, now, facts)
         statuses = system_statuses(loaded, store, now, results, facts)
         vms = vm_statuses(loaded, store, now, facts)
+        rotations = rotation_coverage(loaded, store, now)
         left = store.orphaned_leases()  # resources of dead runs the reaper could not remove yet
     # a problem of no system (a VM no runbook claims) fails the status as much as one of a system
     unclaimed = [r for r in failing(results) if r.system is None]
@@ -261,10 +263,12 @@ def status(state: State, as_json: bool) -> None:
         click.echo(json.dumps({"generated_at": now.isoformat(), "systems": [s.to_json() for s in statuses],
                                "unprotected_vms": [vm.to_json() for vm in vms if not vm.protected],
                                "failing_without_system": [r.to_json() for r in unclaimed],
+                               "rotations": [c.as_dict() for c in rotations],
                                "leases_left_behind": [_lease_json(lease) for lease in left]}, indent=2))
     else:
         print_status_table(loaded, statuses)
         print_unprotected(vms)
+        print_rotations(rotations)
         print_leases_left(left)
     sys.exit(0 if all(s.ok for s in statuses) and not unclaimed and not left else 1)
 

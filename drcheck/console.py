@@ -81,6 +81,23 @@ def print_unprotected(vms) -> None:
             out.print(f"  • {vm.name}{owner}: {vm.message}  [R3.vm_protected]", markup=False, highlight=False)
 
 
+def print_rotations(coverages) -> None:
+    """Per rotation: how many of its VMs a restore test has proven, which never, and when
+    every VM will have been proven at the current rate."""
+    for c in coverages:
+        proven = len(c.vms) - len(c.untested)
+        never = ", ".join(m.name for m in c.untested[:8]) + (" …" if len(c.untested) > 8 else "")
+        if c.days_to_cover == 0:
+            when = "every VM proven at least once"
+        elif c.days_to_cover is None:
+            when = "no rate yet to project from"
+        else:
+            when = f"all covered in {c.runs_to_cover} more run(s), ~{c.days_to_cover:.1f} day(s)"
+        rate = f"{c.vms_per_day:g} VMs/day ({c.rate_source})" if c.vms_per_day else "rate unknown"
+        out.print(f"rotation {c.test}: {proven} of {len(c.vms)} VMs proven restorable"
+                  + (f" (never: {never})" if never else "") + f"; {rate}; {when}", markup=False, highlight=False)
+
+
 def print_leases_left(leases: list[dict]) -> None:
     """Print the resources dead runs left that could not be cleaned up yet (retried)."""
     if not leases:

@@ -136,11 +136,14 @@ def build_lab(loaded: LoadedConfig, say=print) -> None:
                         plant_canary(loaded, store, test_name, now=lambda t=taken: t - timedelta(minutes=1))
             for name, repo in repos.items():
                 for rule in cfg.probes[name].systems:
-                    if rule.system in current:
+                    if rule.system not in current:
+                        continue
+                    for host in rule.hosts or [rule.system]:  # a system on several servers: each backs up
                         try:
-                            repo.backup(list(rule.paths), (rule.hosts or [rule.system])[0], rule.tags, taken)
+                            repo.backup(list(rule.paths), host, rule.tags, taken)
                         except SourceError as exc:
-                            raise SystemExit(f"demo: backup of {rule.system} into {name} failed: {exc}") from None
+                            raise SystemExit(f"demo: backup of {rule.system} ({host}) into {name} failed: "
+                                             f"{exc}") from None
             say(f"  backups taken {format_duration(age.total_seconds())} ago")
 
 
@@ -165,7 +168,8 @@ def run_demo(state) -> int:
     from drcheck.engine import open_store, probe_actions, run_probe, run_restore_tests
     from drcheck.metrics import write_textfile
     from drcheck.reporting import render_weekly
-    from drcheck.status import system_statuses
+    from drcheck.kinds import rotation_coverage
+    from drcheck.status import system_statuses, vm_statuses
 
     loaded: LoadedConfig = state.loaded()
     say = console.out.print
@@ -199,6 +203,11 @@ def run_demo(state) -> int:
         say("[bold]4. Status[/]")
         now = utcnow()
         console.print_status_table(loaded, system_statuses(loaded, store, now))
+        vms = vm_statuses(loaded, store, now)
+        if vms:
+            console.print_vm_table(loaded, vms)
+            console.print_unprotected(vms)
+        console.print_rotations(rotation_coverage(loaded, store, now))
         report = render_weekly(loaded, store, loaded.config.reports.output_dir, now)
         metrics = write_textfile(loaded, store, loaded.config.agent.state_dir / "metrics.prom")
     say(f"\n[bold]Weekly report:[/] {report}")

@@ -2,7 +2,8 @@
 district built from the configuration, so `drcheck demo` shows VM inventory,
 reconciliation and fenced VM restore tests without a real vSphere.
 
-What it holds: one VM per `vm:` asset of every runbook (with a nightly snapshot, the one a
+What it holds: one VM per host the file-backup probes back up and per `vm:` asset of every
+runbook (in the folder the system's runbook claims, with a nightly snapshot: the one a
 rotation clones), the VMs the `vm` restore tests clone (replicas, powered off, with a
 recent snapshot), their sandbox folders and isolated port groups (no uplinks), and two
 VMs that tell the rest of the story: `library-kiosk`, which nobody backs up (unprotected),
@@ -26,7 +27,7 @@ log = logging.getLogger(__name__)
 
 SERVERS = "DC0/vm/Servers"
 STORY_VMS = (
-    {"name": "library-kiosk", "folder": "DC0/vm/Schools", "hostname": "library-kiosk.district.local"},
+    {"name": "library-kiosk", "folder": "DC0/vm/Library", "hostname": "library-kiosk.district.local"},
     {"name": "lab-07", "folder": "DC0/vm/Labs", "hostname": "lab-07.district.local"},
 )
 
@@ -86,28 +87,39 @@ class LabVCenter:
     def scenario(self) -> dict[str, Any]:
         """The simulator scenario (tests/peers/vcsim/README.md) this configuration needs."""
         vms: dict[str, dict[str, Any]] = {}
+        for system, host in self._backed_up_hosts():
+            vms[host] = _vm(host, self._folder_of(system), snapshot=("nightly", "3h"))
         for rb in self.loaded.runbooks.values():
             for selector in asset_selectors(rb.assets):
                 folder = f"DC0/vm/{selector.folder.strip('/')}" if selector.folder else SERVERS
-                vms[selector.name] = _vm(selector.name, folder, snapshot=("nightly", "3h"))
-        vms.setdefault("files01", _vm("files01", SERVERS))["snapshots"].insert(0, {"name": "before-upgrade",
-                                                                                    "age": "240h"})
-        folders, networks = {SERVERS, "DC0/vm/Schools", "DC0/vm/Labs"}, {}
+                vms.setdefault(selector.name, _vm(selector.name, folder, snapshot=("nightly", "3h")))
+        if "files01" in vms:  # forgotten after an upgrade: an old-snapshot finding
+            vms["files01"]["snapshots"].insert(0, {"name": "before-upgrade", "age": "240h"})
+        if "sis01" in vms:  # what a backup product writes into vCenter (read by last_backup_attribute)
+            vms["sis01"]["attributes"] = {"Last Backup": "nightly job succeeded"}
+        networks = {}
         for test in self._vm_tests():
-            folders.add(test.sandbox.folder.strip("/"))
             networks[test.sandbox.network] = {"datacenter": "DC0", "name": test.sandbox.network, "uplinks": False}
             clone_of = getattr(test.source, "vm", None)
             if clone_of and clone_of not in vms:
-                base = clone_of.split("-replica")[0]
                 vms[clone_of] = _vm(clone_of, "DC0/vm/Replicas", snapshot=("replica", "50m"), power="off",
-                                    hostname=f"{base}.district.local")
-                folders.add("DC0/vm/Replicas")
+                                    hostname=f"{clone_of.split('-replica')[0]}.district.local")
         for story in STORY_VMS:
             vms.setdefault(story["name"], _vm(story["name"], story["folder"], hostname=story["hostname"]))
-        if "sis01" in vms:  # what a backup product writes into vCenter (read by last_backup_attribute)
-            vms["sis01"]["attributes"] = {"Last Backup": "nightly job succeeded"}
+        folders = {vm["folder"] for vm in vms.values()} | {t.sandbox.folder.strip("/") for t in self._vm_tests()}
         return {"folders": sorted(folders), "custom_fields": ["Last Backup"], "networks": list(networks.values()),
                 "vms": list(vms.values())}
+
+    def _backed_up_hosts(self) -> list[tuple[str, str]]:
+        """(system, host) of every host a file-backup probe's rules name: the servers."""
+        return [(rule.system, host) for probe in self.loaded.config.probes.values()
+                for rule in getattr(probe, "systems", []) for host in rule.hosts]
+
+    def _folder_of(self, system: str) -> str:
+        """The folder a runbook's `vms` selectors put the system's VMs in, else Servers."""
+        runbook = self.loaded.runbooks.get(system)
+        folders = [s.folder.strip("/") for s in (runbook.vms if runbook else []) if s.folder]
+        return folders[0] if folders else SERVERS
 
 
 def _vm(name: str, folder: str, *, snapshot: tuple[str, str] | None = None, power: str = "on",

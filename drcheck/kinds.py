@@ -250,6 +250,21 @@ class RestoreTestModule(Protocol):
     def run(self, target: Any, ctx: "RunContext") -> "RestoreTestResult | list[RestoreTestResult]": ...
 
 
+def rotation_coverage(loaded: "LoadedConfig", store: Any, now: Any) -> list[Any]:
+    """Where every rotating restore test stands: the `coverage(loaded, store, name, now)`
+    of each test whose kind offers one (a rotation over VMs), for status and reports.
+    A kind's coverage raises KeyError for a test of its kind that does not rotate."""
+    found = []
+    for name, test in loaded.config.restore_tests.items():
+        module = restore_test_module(test.kind)
+        if hasattr(module, "coverage"):
+            try:
+                found.append(module.coverage(loaded, store, name, now))
+            except KeyError:
+                continue
+    return found
+
+
 # -- registries ------------------------------------------------------------------------
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import subprocess
 import sys
 import tomllib
@@ -20,7 +21,13 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def copy_demo(tmp_path: Path) -> Path:
-    shutil.copy(REPO / "drcheck.toml", tmp_path / "drcheck.toml")
+    """The embedded configuration and runbooks in tmp_path, its simulated vCenter on a free
+    port (a `make demo` elsewhere on this machine holds the default one)."""
+    text = (REPO / "drcheck.toml").read_text()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    (tmp_path / "drcheck.toml").write_text(text.replace("https://127.0.0.1:18443/sdk", f"https://127.0.0.1:{port}/sdk"))
     shutil.copytree(REPO / "runbooks", tmp_path / "runbooks")
     return tmp_path / "drcheck.toml"
 
@@ -43,7 +50,15 @@ def test_demo_runs_a_full_cycle_and_says_where_things_are(tmp_path):
     assert 'drcheck_restore_test_last_passed{system="payroll",test="payroll-files"} 0.0' in metrics
     status = json.loads(drcheck(config, "status", "--json").stdout)
     verdicts = {s["system"]: s["ok"] for s in status["systems"]}
-    assert verdicts == {"sis": True, "fileserver": True, "payroll": False}
+    assert verdicts == {"sis": True, "fileserver": True, "schools": True, "payroll": False}
+    # the simulated vCenter: its inventory, the VMs nobody backs up, fenced VM restores
+    assert {vm["name"] for vm in status["unprotected_vms"]} == {"library-kiosk", "payroll01"}
+    assert 'drcheck_restore_test_last_passed{system="sis",test="sis-vm"} 1.0' in metrics
+    assert 'drcheck_unprotected_assets{source="vcenter"} 2.0' in metrics
+    assert "sis-vm sis01-replica: passed" in done.stdout and "rotation schools-rotation: 2 of 3 VMs" in done.stdout
+    html = reports[0].read_text()
+    assert 'data-vm="' in html and "library-kiosk" in html and "Rotation schools-rotation" in html
+    assert "vcenter inventory: ok" in done.stdout
     assert list((tmp_path / "var" / "drcheck" / "sandbox").iterdir()) == []
     # a second run rebuilds the lab in place
     assert drcheck(config, "demo").returncode == 0
