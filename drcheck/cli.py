@@ -424,7 +424,8 @@ def _restore_json(result) -> dict:
     data.update(status=result.status.value, started_at=result.started_at.isoformat(),
                 point_time=result.point_time.isoformat() if result.point_time else None,
                 checks=[{"name": c.name, "status": c.status.value, "evidence": c.evidence,
-                         "duration_seconds": round(c.duration_seconds, 3)} for c in result.checks])
+                         "duration_seconds": round(c.duration_seconds, 3)} for c in result.checks],
+                details=result.details)
     return data
 
 
@@ -435,9 +436,19 @@ def _print_restore(loaded: LoadedConfig, result) -> None:
     if result.checks:
         out.print(table)
     if result.point_time:
+        size = f": {result.files_restored} files, {(result.bytes_restored or 0) / 1e6:.1f} MB" \
+            if result.files_restored is not None else ""
         out.print(f"restore point {result.point_id[:8] if result.point_id else ''} of "
-                  f"{local(loaded, result.point_time)}: {result.files_restored} files, "
-                  f"{(result.bytes_restored or 0) / 1e6:.1f} MB")
+                  f"{local(loaded, result.point_time)}{size}", markup=False)
+    details = result.details
+    if details.get("restore"):  # what a kind restored, in words (a VM: which, from what, as what)
+        made = f" as {details['sandbox_vm']}" if details.get("sandbox_vm") else ""
+        ip = f", guest IP {details['guest_ip']}" if details.get("guest_ip") else ""
+        out.print(f"restored {details['restore']}{made}{ip}", markup=False, highlight=False)
+    if isinstance(details.get("phases"), dict):  # name -> [start, end] seconds from the test's start
+        phases = sorted(details["phases"].items(), key=lambda item: item[1][0])
+        out.print("phases: " + ", ".join(f"{name} {format_duration(end - start)}" for name, (start, end) in phases),
+                  markup=False, highlight=False)
     out.print(f"restore {format_duration(result.restore_seconds)}, verify {format_duration(result.verify_seconds)}; "
               f"RTO {format_duration(result.rto_seconds)} (target {format_duration(result.rto_target_seconds)}), "
               f"RPO {format_duration(result.rpo_seconds)} via {result.rpo_source or '—'} "

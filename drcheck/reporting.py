@@ -7,6 +7,7 @@ Templates ship in the `drcheck.reports` package; `reports.templates_dir` overrid
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta
 from importlib import resources
 from pathlib import Path
@@ -67,7 +68,8 @@ def weekly_context(loaded: LoadedConfig, store: Store, now: datetime) -> dict:
         if row["status"] == "skipped":  # refused because another run held the test: no evidence either way
             continue
         run = test_run(row)
-        runs.append({"run": run, "row": row, "checks": checks.get(row["id"], [])})
+        details = json.loads(row["details"]) if row.get("details") else {}
+        runs.append({"run": run, "row": row, "checks": checks.get(row["id"], []), "details": details})
     runs.sort(key=lambda r: (STATUS_ORDER.get(r["run"].status, 0), -r["run"].started_at.timestamp()))
     facts = Facts.read(loaded, store)
     results = evaluate(loaded, store, now, facts)

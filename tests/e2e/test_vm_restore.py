@@ -8,6 +8,7 @@ is back; a rotation over 12 VMs covering all of them in the projected number of 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -316,3 +317,17 @@ def test_results_are_recorded_with_their_vm(lab):
     assert row["status"] == "passed" and row["rto_seconds"] > 0
     assert details["vm_path"] == "/DC0/vm/Production/sis01" and details["vm"] == "sis01"
     assert details["vm_uuid"] and details["guest_ip"].startswith("10.")
+
+
+def test_the_cli_shows_the_restored_vm_its_phases_and_the_details_as_json(lab):
+    lab.configure(**{"vm-cli": lab.test({"type": "clone", "vm": "DC0/vm/Production/sis01"})})
+    run = subprocess.run([sys.executable, "-m", "drcheck", "--config", str(lab.config_path), "restore-test", "vm-cli"],
+                         capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "200"})
+    assert run.returncode == 0, run.stderr + run.stdout
+    assert "restored linked clone of /DC0/vm/Production/sis01 at snapshot" in run.stdout
+    assert " as drcheck-vm-cli-" in run.stdout and "guest IP 10." in run.stdout
+    assert "phases: " in run.stdout and "boot " in run.stdout and "None files" not in run.stdout
+    as_json = subprocess.run([sys.executable, "-m", "drcheck", "--config", str(lab.config_path), "restore-test",
+                              "vm-cli", "--json"], capture_output=True, text=True, timeout=120)
+    details = json.loads(as_json.stdout)["details"]
+    assert details["vm_path"] == "/DC0/vm/Production/sis01" and details["sandbox_vm"].startswith("drcheck-vm-cli-")
