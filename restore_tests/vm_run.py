@@ -210,6 +210,9 @@ class _Run:
                 vc.destroy(vm)
         except SourceError as exc:
             self.result.details["left_behind"] = name
+            # counted as a first cleanup attempt: the reaper retries it without recording this
+            # run a second time as one that died (it ended, and says so itself)
+            self.ctx.store.note_cleanup_failure(lease, str(exc))
             self.result.reason = "; ".join(filter(None, [self.result.reason, f"sandbox VM {name} was left behind "
                                                          f"(its lease is kept; the reaper removes it): {exc}"]))
             if self.result.status is Status.PASSED:  # a leak is not a pass
@@ -219,6 +222,7 @@ class _Run:
             end()
         if made.get("started") and "vm" not in made and not vms and interrupted:
             self.result.details["left_behind"] = name  # its task may still finish: let the reaper look later
+            self.ctx.store.note_cleanup_failure(lease, "interrupted while its restore task ran")
             return
         self.ctx.store.release_lease(lease, "sandbox VM destroyed" if vms else "no sandbox VM was created")
 

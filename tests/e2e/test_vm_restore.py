@@ -261,15 +261,18 @@ def test_vcenter_going_away_mid_test_is_an_error_and_the_vm_is_reaped_once_it_is
     loaded, store = lab.configure(**{"vm-slow": lab.test({"type": "clone", "vm": "slow01"})})
     (lease,) = store.open_leases()
     assert (lease["kind"], lease["resource"], lease["pid"]) == ("vm", f"vc/{name}", proc.pid)
+    assert lease["attempts"] == 1  # the run's own cleanup attempt, named in its result
     assert reap_orphans(loaded, store) == []  # vCenter still away: the lease stays, counted
     (lease,) = store.open_leases()
-    assert lease["attempts"] == 1 and "vCenter" in lease["last_error"]
+    assert lease["attempts"] == 2 and "vCenter" in lease["last_error"]
 
     lab.sim.outage("none")
     assert name in lab.sandbox_vms()  # the simulator kept it through the outage
     (reaped,) = reap_orphans(loaded, store)
     assert reaped["resource"] == f"vc/{name}"
     assert store.open_leases() == [] and lab.sandbox_vms() == []
+    # the run recorded its own error once; the reaper added no second "interrupted" result
+    assert [r["status"] for r in store.query("SELECT status FROM restore_tests WHERE test = 'vm-slow'")] == ["error"]
 
 
 def record_schools_inventory(lab: VmLab, store: Store) -> None:
