@@ -192,3 +192,25 @@ class RestoreTestResult:
     sandbox: str | None = None
     checks: list[CheckResult] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)  # kind-specific (VM: clone name, guest IP, ...)
+
+    def judge(self, verdicts: list[CheckResult], rto_seconds: float) -> None:
+        """Set status and reason from `verdicts`: FAILED when a check failed or a target was
+        missed, ERROR when a check could not run (and none failed), PASSED otherwise. The
+        measured RTO (`rto_seconds`: restore start to the last passing check) is recorded
+        only when every check passed; the achieved RPO is judged whatever happened."""
+        from drcheck.durations import format_duration
+
+        failed = [f"{c.name}: {c.evidence}" for c in verdicts if c.status is Status.FAILED]
+        errored = [f"{c.name}: {c.evidence}" for c in verdicts if c.status is Status.ERROR]
+        if not failed and not errored:
+            self.rto_seconds = rto_seconds
+            if self.rto_target_seconds is not None and rto_seconds > self.rto_target_seconds:
+                failed.append(f"measured RTO {format_duration(rto_seconds)} exceeds target "
+                              f"{format_duration(self.rto_target_seconds)}")
+        if self.rpo_seconds is not None and self.rpo_target_seconds is not None \
+                and self.rpo_seconds > self.rpo_target_seconds:
+            source = f" ({self.rpo_source})" if self.rpo_source else ""
+            failed.append(f"achieved RPO {format_duration(self.rpo_seconds)}{source} exceeds "
+                          f"target {format_duration(self.rpo_target_seconds)}")
+        self.status = Status.FAILED if failed else Status.ERROR if errored else Status.PASSED
+        self.reason = "; ".join(failed + errored)

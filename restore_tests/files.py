@@ -40,7 +40,6 @@ from pydantic import Field
 from drcheck.clients import SourceError, process
 from drcheck.config_types import ConfigPath
 from drcheck.diskspace import require_space
-from drcheck.durations import format_duration
 from drcheck.kinds import FileBackupTarget, RestoreTestTarget, probe_module
 from drcheck.mapping import Layout, discover_layout, under_any, within
 from drcheck.results import CheckResult, RestoreTestResult, SnapshotFile, Status
@@ -438,18 +437,5 @@ def _verify(target: FilesRestoreTest, ctx: RunContext, dest: Path, spot_run, com
 
 
 def _judge(result: RestoreTestResult, verdicts) -> None:
-    """FAILED when a check failed or a target was missed; ERROR when a check could not
-    run (and none failed); PASSED otherwise. RTO is measured only when every check passed."""
-    failed = [f"{c.name}: {c.evidence}" for c in verdicts if c.status is Status.FAILED]
-    errored = [f"{c.name}: {c.evidence}" for c in verdicts if c.status is Status.ERROR]
-    if not failed and not errored:
-        result.rto_seconds = (result.restore_seconds or 0) + (result.verify_seconds or 0)
-        if result.rto_target_seconds is not None and result.rto_seconds > result.rto_target_seconds:
-            failed.append(f"measured RTO {format_duration(result.rto_seconds)} exceeds target "
-                          f"{format_duration(result.rto_target_seconds)}")
-    if result.rpo_seconds is not None and result.rpo_target_seconds is not None \
-            and result.rpo_seconds > result.rpo_target_seconds:
-        failed.append(f"achieved RPO {format_duration(result.rpo_seconds)} ({result.rpo_source}) exceeds "
-                      f"target {format_duration(result.rpo_target_seconds)}")
-    result.status = Status.FAILED if failed else Status.ERROR if errored else Status.PASSED
-    result.reason = "; ".join(failed + errored)
+    """The verdict (`RestoreTestResult.judge`): RTO is the restore plus the verification."""
+    result.judge(verdicts, (result.restore_seconds or 0) + (result.verify_seconds or 0))

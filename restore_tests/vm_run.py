@@ -180,23 +180,11 @@ class _Run:
         self._judge(restore_start, ready, last_check)
 
     def _judge(self, restore_start: float, ready: float, last_check: float) -> None:
-        """FAILED when a check failed or a target was missed; ERROR when a check could not
-        run; PASSED otherwise. RTO is measured only when every check passed."""
+        """The verdict (`RestoreTestResult.judge`): RTO runs from the restore's start to the
+        last passing check."""
         result = self.result
-        failed = [f"{c.name}: {c.evidence}" for c in result.checks if c.status is Status.FAILED]
-        errored = [f"{c.name}: {c.evidence}" for c in result.checks if c.status is Status.ERROR]
         result.verify_seconds = last_check - ready
-        if not failed and not errored:
-            result.rto_seconds = last_check - restore_start
-            if result.rto_target_seconds is not None and result.rto_seconds > result.rto_target_seconds:
-                failed.append(f"measured RTO {format_duration(result.rto_seconds)} exceeds target "
-                              f"{format_duration(result.rto_target_seconds)}")
-        if result.rpo_seconds is not None and result.rpo_target_seconds is not None \
-                and result.rpo_seconds > result.rpo_target_seconds:
-            failed.append(f"achieved RPO {format_duration(result.rpo_seconds)} exceeds target "
-                          f"{format_duration(result.rpo_target_seconds)}")
-        result.status = Status.FAILED if failed else Status.ERROR if errored else Status.PASSED
-        result.reason = "; ".join(failed + errored)
+        result.judge(result.checks, last_check - restore_start)
 
     def _dispose(self, vc, name: str, lease: int, made: dict[str, Any], interrupted: bool) -> None:
         """Power off and destroy the sandbox VM, then release its lease. A VM vCenter

@@ -17,6 +17,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from drcheck.lab_vcsim import Simulator, VcsimControlError, VcsimError
+from tests.e2e.conftest import wait_for
 from tests.e2e.vcsim_fixtures import vsphere_connect
 
 pyVmomi = pytest.importorskip("pyVmomi")
@@ -49,13 +50,7 @@ SCENARIO = {
 
 
 def wait_until(predicate, timeout: float = 20, interval: float = 0.05, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"gave up waiting for {what}")
+    return wait_for(predicate, timeout, interval, what)
 
 
 def find_vm(si, path: str) -> vim.VirtualMachine:
