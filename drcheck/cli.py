@@ -152,7 +152,8 @@ def probe(state: State, name: str, action: str | None, as_json: bool, timeout: f
     arm_timeout(timeout)
     with state.store() as store, err.status(f"probing {name}…"):
         result = run_probe(loaded, store, name, action)
-        verdicts = _probe_verdicts(loaded, store, name) if result.lists_points else []
+        judged = result.lists_points or any(a.kind == "vm" for a in result.assets)
+        verdicts = _probe_verdicts(loaded, store, name) if judged and result.status.good else []
     if as_json:
         click.echo(json.dumps({**_probe_json(result), "rules": [v.to_json() for v in verdicts]}, indent=2))
     else:
@@ -175,14 +176,13 @@ def probe(state: State, name: str, action: str | None, as_json: bool, timeout: f
 
 
 def _probe_verdicts(loaded: LoadedConfig, store, name: str) -> list:
-    """The rule results about what probe `name` just listed: each covered system's backup
-    age in the probe's copy (the rules judge; the probe only reports facts)."""
+    """The rule results about what probe `name` just read (the rules judge; the probe only
+    reports facts): each covered system's backup age in the probe's copy, or whether each
+    VM of its inventory is protected."""
     from drcheck.rules import evaluate
 
-    probe = loaded.config.probes[name]
-    covered = probe.systems_covered()
     return [r for r in evaluate(loaded, store, utcnow())
-            if r.system in covered and r.rule == "R2.backup_age" and r.subject == probe.copy]
+            if r.probe == name and r.rule in ("R2.backup_age", "R3.vm_protected")]
 
 
 @cli.command("restore-test")

@@ -82,3 +82,11 @@ def test_unprotected_vms_are_named_from_real_backups_and_a_real_inventory(distri
     assert status.returncode == 1 and "3 unprotected VM(s)" in status.stdout
     for name in ("reports01", "lab-1", "kiosk"):
         assert f"  • {name} (" in status.stdout
+
+
+def test_probing_the_vcenter_from_the_cli_names_its_unprotected_vms(district):
+    assert district.cli("probe", "repo").returncode == 0  # the app system's newest point is fresh
+    probed = district.cli("probe", "vc")
+    assert probed.returncode == 1, probed.stdout + probed.stderr
+    assert "VM /DC0/vm/Library/kiosk is unprotected: no restore point in any copy" in probed.stdout
+    assert "R3.vm_protected" in probed.stdout and "vc: ok" in probed.stdout
