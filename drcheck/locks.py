@@ -2,7 +2,8 @@
 
 One agent per state directory, one run of a given restore test, and one run of a given
 probe action at a time, whichever process (the CLI, an agent's job child, a second agent's
-orphaned child) starts it. The kernel releases a lock when its holder dies, SIGKILL
+orphaned child) starts it; and at most N holders of a counted slot (VM restore tests
+against one vCenter). The kernel releases a lock when its holder dies, SIGKILL
 included, so a crash never leaves a stale lock behind; the file only says who held it last.
 """
 
@@ -10,9 +11,10 @@ from __future__ import annotations
 
 import fcntl
 import os
+import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 
 class Busy(RuntimeError):
@@ -69,3 +71,40 @@ def holder(fd_or_path: int | Path) -> int | None:
         return int(text.strip())
     except (OSError, ValueError):
         return None
+
+
+def slot_lock(state_dir: Path, name: str, index: int) -> Path:
+    return lock_dir(state_dir) / f"slot.{name}.{index}.lock"
+
+
+@contextmanager
+def slot(state_dir: Path, name: str, count: int, waiting: Callable[[list[int | None]], None] | None = None,
+         poll: float = 0.5) -> Iterator[int]:
+    """Hold one of `count` slots named `name` (a counting semaphore across every process
+    sharing the state directory) for the block; yield its index. While all are held, call
+    `waiting(holder pids)` and retry every `poll` seconds, without limit: the caller's job
+    deadline bounds the wait. A dead holder's slot frees itself (the kernel drops its lock)."""
+    reported: list[int | None] | None = None
+    while True:
+        holders = []
+        for index in range(count):
+            path = slot_lock(state_dir, name, index)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holders.append(holder(fd))
+                os.close(fd)
+                continue
+            try:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+                yield index
+                return
+            finally:
+                os.close(fd)
+        if waiting is not None and holders != reported:
+            waiting(holders)
+            reported = holders
+        time.sleep(poll)

@@ -7,4 +7,5 @@ exists (see drcheck.sandbox). This registry is the only list of kinds.
 
 REGISTRY: dict[str, str] = {
     "files": "drcheck.restore_tests.files",
+    "vm": "drcheck.restore_tests.vm",
 }
