@@ -1,6 +1,7 @@
 """Result rows every benchmark can hand to run_all.py: JSON lines appended to the file named
 by `--rows` or $DRCHECK_BENCH_ROWS. Each row: {name, drcheck_seconds, baseline_seconds,
-ratio, goal, met} (plus optional extra keys)."""
+ratio, goal, met} (plus optional extra keys: a figure that is not a time, such as a peak
+memory or a count, sets `value` and `unit` and leaves the seconds None)."""
 
 from __future__ import annotations
 
