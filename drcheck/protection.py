@@ -115,6 +115,24 @@ def _claims(loaded: "LoadedConfig") -> list[tuple[str, VmSelector]]:
     return [(system, selector) for system, rb in sorted(loaded.runbooks.items()) for selector in rb.vm_selectors()]
 
 
+_CLAIMED: dict[tuple, tuple["LoadedConfig", dict[int, list[str]]]] = {}
+
+
+def _claimed(loaded: "LoadedConfig", vms: list[dict[str, Any]]) -> dict[int, list[str]]:
+    """Asset row id -> the systems whose runbooks claim that VM. Every scrape judges every
+    VM, but claims change only with the configuration or an inventory: the last answer is
+    kept for the same configuration object and the same asset rows (a changed VM is a new
+    row), so thousands of VMs are matched against the runbooks once per inventory."""
+    key = (id(loaded), tuple(row["id"] for row in vms))
+    if key not in _CLAIMED:
+        claims = _claims(loaded)
+        _CLAIMED.clear()
+        # holding `loaded` keeps its id from being reused by another configuration
+        _CLAIMED[key] = (loaded, {row["id"]: sorted({system for system, selector in claims
+                                                      if selector.matches(VmFacts.of(row))}) for row in vms})
+    return _CLAIMED[key][1]
+
+
 def _covering(backups: list[dict[str, Any]], copies: dict[str, str]) -> dict[tuple[str, str], list[Coverage]]:
     """(match key, value) -> coverage, from backup asset rows of configured probes."""
     index: dict[tuple[str, str], list[Coverage]] = {}
@@ -149,13 +167,13 @@ def reconcile(loaded: "LoadedConfig", assets: list[dict[str, Any]]) -> list[VmPr
     copies = {name: probe.copy for name, probe in probes.items() if probe.copy}
     backups = [r for r in assets if r["kind"] == BACKUP_KIND and r["probe"] in probes]
     index = _covering(backups, copies)
-    claims = _claims(loaded)
+    vms = [row for row in assets
+           if row["kind"] == VM_KIND and row["probe"] in probes and not row["attributes"].get("template")]
+    claimed = _claimed(loaded, vms)
     found = []
-    for row in assets:
-        if row["kind"] != VM_KIND or row["probe"] not in probes or row["attributes"].get("template"):
-            continue
+    for row in vms:
         facts = VmFacts.of(row)
-        systems = sorted({system for system, selector in claims if selector.matches(facts)})
+        systems = claimed[row["id"]]
         probe = probes[row["probe"]]
         rpos = [loaded.runbooks[s].rpo.total_seconds() for s in systems]
         rpo = min(rpos) if rpos else probe.default_rpo.total_seconds()  # every inventory kind has one

@@ -193,3 +193,21 @@ def test_the_weekly_report_lists_unprotected_vms_and_unclaimed_failures(loaded, 
     assert "6 VMs in the vCenter inventory" in html and "2 unprotected" in html
     assert 'data-vm="u-kiosk" data-state="unprotected"' in html and 'data-vm="u-sisdb" data-state="stale"' in html
     assert "Inventory</strong> (VMs no runbook claims)" in html  # old-kiosk fails R3 with no system
+
+
+def test_vms_are_matched_to_runbooks_once_per_inventory_and_configuration(loaded, store, monkeypatch):
+    from drcheck.vm_select import VmSelector
+
+    calls = []
+    original = VmSelector.matches
+    monkeypatch.setattr(VmSelector, "matches", lambda self, vm: calls.append(vm.name) or original(self, vm))
+    evaluate(loaded, store, NOW)
+    first = len(calls)
+    evaluate(loaded, store, NOW)  # a second scrape: same configuration, same inventory
+    assert first > 0 and len(calls) == first
+    record(store, "vcenter", "vmware", "inventory", [vm("u-new", "sis02", "/District/vm/SIS")], NOW)
+    assert [r.system for r in evaluate(loaded, store, NOW) if r.subject == "/District/vm/SIS/sis02"] == ["sis"]
+    again = len(calls)
+    reloaded = load(loaded.path)  # SIGHUP: a new configuration object is matched afresh
+    evaluate(reloaded, store, NOW)
+    assert again > first and len(calls) > again
