@@ -194,5 +194,12 @@ def missing_claims(loaded: "LoadedConfig", assets: list[dict[str, Any]]) -> list
     vms = [VmFacts.of(r) for r in assets if r["kind"] == VM_KIND and r["probe"] in loaded.config.probes]
     if not vms:
         return []
-    return [(system, selector, any(selector.matches(vm) for vm in vms))
-            for system, selector in _claims(loaded) if selector.names_one_vm]
+    names, uuids = {vm.name.lower() for vm in vms}, {vm.uuid.lower() for vm in vms}
+
+    def found(selector: VmSelector) -> bool:
+        if not (selector.folder or selector.attribute):  # the common case: a lookup, not a scan
+            return (not selector.name or selector.name.lower() in names) and \
+                (not selector.uuid or selector.uuid.lower() in uuids)
+        return any(selector.matches(vm) for vm in vms)
+
+    return [(system, selector, found(selector)) for system, selector in _claims(loaded) if selector.names_one_vm]
