@@ -87,13 +87,8 @@ func writeFault(w http.ResponseWriter, kind, msg string, obj *types.ManagedObjec
 // task result, its datastore path ("[LocalDS_0] vm/vm-1.png"), downloadable over
 // the /folder endpoint like any datastore file.
 func (l *lab) createScreenshot(body []byte, w http.ResponseWriter, r *http.Request) {
-	if !l.authenticated(r) {
-		writeFault(w, "NotAuthenticated", "not authenticated", nil)
-		return
-	}
-	method, err := simulator.UnmarshalBody(types.TypeFunc(), body)
-	if err != nil {
-		writeFault(w, "InvalidRequest", err.Error(), nil)
+	method, ok := l.decode(body, w, r)
+	if !ok {
 		return
 	}
 	vm, ok := simulator.Map.Get(method.This).(*simulator.VirtualMachine)
@@ -210,13 +205,8 @@ var closingPath = regexp.MustCompile(`</([A-Za-z0-9_]+:)?path>`)
 // listProcesses answers ListProcessesInGuest with exitCode always present for an
 // ended process (the library's encoder would omit a 0).
 func (l *lab) listProcesses(body []byte, w http.ResponseWriter, r *http.Request) {
-	if !l.authenticated(r) {
-		writeFault(w, "NotAuthenticated", "not authenticated", nil)
-		return
-	}
-	method, err := simulator.UnmarshalBody(types.TypeFunc(), body)
-	if err != nil {
-		writeFault(w, "InvalidRequest", err.Error(), nil)
+	method, ok := l.decode(body, w, r)
+	if !ok {
 		return
 	}
 	req, ok := method.Body.(*types.ListProcessesInGuest)
@@ -245,4 +235,19 @@ func (l *lab) listProcesses(body []byte, w http.ResponseWriter, r *http.Request)
 	}
 	b.WriteString(`</ListProcessesInGuestResponse>`)
 	writeSOAP(w, http.StatusOK, b.String())
+}
+
+// decode unmarshals the SOAP call of an authenticated session; otherwise it answers
+// with the fault a vCenter gives and returns false.
+func (l *lab) decode(body []byte, w http.ResponseWriter, r *http.Request) (*simulator.Method, bool) {
+	if !l.authenticated(r) {
+		writeFault(w, "NotAuthenticated", "not authenticated", nil)
+		return nil, false
+	}
+	method, err := simulator.UnmarshalBody(types.TypeFunc(), body)
+	if err != nil {
+		writeFault(w, "InvalidRequest", err.Error(), nil)
+		return nil, false
+	}
+	return method, true
 }
