@@ -56,6 +56,13 @@ class ProbeTarget(Strict):
         """The systems (runbook names) whose restore points this probe reports."""
         return set()
 
+    def copies_of(self, system: str) -> list[str]:
+        """The copies this probe lists restore points of `system` in, each judged by
+        R2.backup_age: its `copy`; a kind that reads several copies (an appliance and its
+        off-site replica) names each, so a copy gone missing shows. A kind with extra copy
+        keys checks them in `references`."""
+        return [self.copy] if self.copy else []
+
     def references(self, loaded: "LoadedConfig") -> list[tuple[str, str]]:
         """Cross-reference problems as (key path below this probe, message); checked after
         every file validated. The generic ones (copy, systems) are the loader's."""

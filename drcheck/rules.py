@@ -191,7 +191,8 @@ def _probe_health(loaded: LoadedConfig, facts: Facts, system: str, now: datetime
                 yield RuleResult("P2.probe_up", system, up,
                                  f"probe {name} {'lists' if up else 'could not list'} restore points"
                                  + ("" if up else f": {run['reason']}"), evidence=evidence, subject=name, probe=name)
-                yield _backup_age(system, name, probe.copy, points.get(probe.copy), rpo, now, run)
+                for copy in probe.copies_of(system):
+                    yield _backup_age(system, name, copy, points.get(copy), rpo, now, run)
             elif run is not None:
                 good = run["status"] == "ok"
                 yield RuleResult("R10.source_check", system, good,
