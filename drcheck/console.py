@@ -56,13 +56,14 @@ VM_STATE_STYLE = {"protected": "green", "excluded": "cyan", "stale": "bold red",
 
 
 def print_vm_table(loaded: LoadedConfig, vms, title: str = "inventory VMs") -> None:
-    """One row per VM (unprotected first): where it is, whose it is, what covers it and
-    when a restore test last proved it."""
-    table = Table("VM", "folder", "power", "system", "RPO", "newest point", "last proven", "protection",
+    """One row per VM (unprotected first): where it is, whose it is, each copy's newest
+    restore point of it (✗: older than its RPO) and when a restore test last proved it."""
+    table = Table("VM", "folder", "power", "system", "RPO", "newest point per copy", "last proven", "protection",
                   title=title, box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0))
     for vm in vms:
-        newest = min(vm.copies, key=lambda c: c["age_seconds"], default=None)
-        point = f"{newest['copy']} {format_duration(newest['age_seconds'])}" if newest else "[red]none[/]"
+        point = "\n".join(f"{escape(c['copy'])} {format_duration(c['age_seconds'])}"
+                          + ("" if c["age_seconds"] <= vm.rpo_seconds else " [red]✗[/]")
+                          for c in sorted(vm.copies, key=lambda c: c["age_seconds"])) or "[red]none[/]"
         folder = vm.path.rpartition("/")[0] or "/"
         table.add_row(escape(vm.name), escape(folder), (vm.power_state or "").replace("powered", "").lower() or "—",
                       escape(", ".join(vm.systems)) or "[dim]no runbook[/]", format_duration(vm.rpo_seconds), point,

@@ -264,7 +264,7 @@ def test_each_system_appears_with_tier_targets_and_latest_measurements(week):
 
     payroll = week.report.system_row("payroll")
     assert payroll[S_POINTS].text() == "lab-restic: 2d 2h old" and verdict(payroll[S_POINTS]) == "over"
-    assert payroll[S_LAST].text() == "failed Wed 03-13 02:00"
+    assert payroll[S_LAST].text() == "failed Wed 03-13 02:00 payroll-files · from lab-restic"  # which copy it proved
     assert (payroll[S_RTO].text(), verdict(payroll[S_RTO])) == ("—", None)
     assert (payroll[S_RPO].text(), verdict(payroll[S_RPO])) == ("1d 6h", "over")
 
