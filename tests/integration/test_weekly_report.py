@@ -270,7 +270,7 @@ def test_each_system_appears_with_tier_targets_and_latest_measurements(week):
 
     sis = week.report.system_row("sis")
     assert sis[S_POINTS].text() == "lab-restic: 3h old" and verdict(sis[S_POINTS]) == "within"
-    assert sis[S_LAST].text() == "passed Wed 03-13 01:30"  # the error earlier in the week was superseded
+    assert sis[S_LAST].text() == "passed Wed 03-13 01:30 sis-files · from lab-restic"  # the error earlier in the week was superseded
     assert (sis[S_RTO].text(), verdict(sis[S_RTO])) == ("4h", "within")
     assert (sis[S_RPO].text(), verdict(sis[S_RPO])) == ("6h", "within")
 
