@@ -4,6 +4,9 @@ literally, never interpreted as rich markup."""
 
 from __future__ import annotations
 
+import os
+import sys
+
 from rich import box
 from rich.console import Console
 from rich.markup import escape
@@ -14,8 +17,15 @@ from drcheck.config_loader import LoadedConfig
 from drcheck.durations import format_duration
 from drcheck.results import utcnow
 
-out = Console(soft_wrap=True)  # paths and reasons must stay on one line for scripts
-err = Console(stderr=True, soft_wrap=True)
+def _width(stream) -> int | None:
+    """A terminal's own width; piped into a log or a file, wide enough that tables keep
+    their cells whole (rich assumes 80 columns), unless $COLUMNS says otherwise."""
+    return None if os.environ.get("COLUMNS") or stream.isatty() else PIPED_WIDTH
+
+
+PIPED_WIDTH = 160
+out = Console(soft_wrap=True, width=_width(sys.stdout))  # paths and reasons stay on one line for scripts
+err = Console(stderr=True, soft_wrap=True, width=_width(sys.stderr))
 
 STATUS_STYLE = {"ok": "green", "passed": "green", "failed": "bold red", "error": "bold yellow"}
 
