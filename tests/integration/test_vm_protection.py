@@ -216,3 +216,14 @@ def test_vms_are_matched_to_runbooks_once_per_inventory_and_configuration(loaded
     reloaded = load(loaded.path)  # SIGHUP: a new configuration object is matched afresh
     evaluate(reloaded, store, NOW)
     assert again > first and len(calls) > again
+
+
+def test_tables_piped_into_a_log_keep_their_cells_whole(loaded, store):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    run = subprocess.run([sys.executable, "-m", "drcheck", "--config", str(loaded.path), "assets"],
+                         capture_output=True, text=True, env=env, timeout=60)
+    assert "/District/vm/Schools" in run.stdout and "unprotected" in run.stdout and "…" not in run.stdout
