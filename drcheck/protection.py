@@ -3,9 +3,10 @@ runbooks that claim it and with the backups every other probe lists.
 
 Backup probes report what they hold as assets of kind `backup` (`backed_up`): one per
 backed-up object with its newest restore point and the keys it can be matched by
-(`match`: `hostname` for file-level backups; `vm_uuid` / `vm_name` for VM-level ones).
-A VM is covered by a copy when a backup object's key names it: its instance UUID, or its
-name or guest host name compared as short host names without regard to case.
+(`match`: `hostname` for file-level backups; `vm_uuid`, `vm_moref` or `vm_name` for
+VM-level ones). A VM is covered by a copy when a backup object's key names it: its
+instance UUID, its managed object id (one vCenter per agent: morefs are per vCenter), or
+its name or guest host name compared as short host names without regard to case.
 
 `reconcile` is pure: it reads stored asset rows and the configuration, and decides
 nothing about what is good enough. Rule R3 (`drcheck.rules`) judges its output.
@@ -153,6 +154,8 @@ def _vm_keys(row: dict[str, Any]) -> list[tuple[str, str]]:
     attributes = row["attributes"]
     names = {host_key(row["name"]), host_key(attributes.get("guest_hostname"))} - {""}
     keys = [("vm_uuid", row["asset_id"].lower())]
+    if attributes.get("moref"):  # what VM-level products name a VM by (Veeam's objectId)
+        keys.append(("vm_moref", str(attributes["moref"]).lower()))
     for name in names:
         keys += [("hostname", name), ("vm_name", name)]
     return keys

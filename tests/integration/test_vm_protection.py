@@ -95,13 +95,16 @@ def store(loaded):
             vm("u-lab", "lab-07", "/District/vm/Labs"),
             vm("u-kiosk", "old-kiosk", "/District/vm/Schools"),
             vm("u-tmpl", "win2022-template", "/District/vm/Templates", template=True),
+            vm("u-mail", "mail01", "/District/vm/Schools", moref="vm-77"),
         ], NOW - H)
         record(opened, "restic", "restic", "snapshots", backed_up("restic", "local", [
             ("sis01", NOW - 2 * H, "a1", "sis"),
             ("sis01", NOW - 30 * H, "a0", "sis"),
             ("WEB01.district.local", NOW - 3 * H, "b1", None),
             ("sisdb", NOW - 30 * H, "c1", None),  # older than sis's 24h RPO
-        ]), NOW - H)
+        ]) + [InventoryAsset(source="restic", asset_id="veeam:vm-77", name="mail01 (renamed in Veeam)", protected=True,
+                             kind="backup", attributes={"copy": "local", "newest": (NOW - H).isoformat(),
+                                                        "point_id": "rp-1", "match": {"vm_moref": "vm-77"}})], NOW - H)
         yield opened
 
 
@@ -117,6 +120,7 @@ def test_each_vm_is_judged_against_its_systems_rpo_and_every_copy(loaded, store)
     assert not stale.passed and stale.threshold == 24 * 3600 and "over its RPO" in stale.message
     assert found["/District/vm/Schools/web01"].passed  # guest host name matched, domain and case ignored
     assert found["/District/vm/Schools/web01"].threshold == 48 * 3600  # no runbook: the probe's default_rpo
+    assert found["/District/vm/Schools/mail01"].passed  # a VM-level backup names it by its moref
 
 
 def test_duplicate_names_in_other_folders_stay_distinct(loaded, store):
@@ -189,8 +193,8 @@ def test_the_weekly_report_lists_unprotected_vms_and_unclaimed_failures(loaded, 
     from drcheck.reporting import environment, weekly_context
 
     html = environment(loaded).get_template("weekly.html.j2").render(**weekly_context(loaded, store, NOW))
-    assert "7 VMs in the vCenter inventory" not in html  # templates are not VMs to protect
-    assert "6 VMs in the vCenter inventory" in html and "2 unprotected" in html
+    assert "8 VMs in the vCenter inventory" not in html  # templates are not VMs to protect
+    assert "7 VMs in the vCenter inventory" in html and "2 unprotected" in html
     assert 'data-vm="u-kiosk" data-state="unprotected"' in html and 'data-vm="u-sisdb" data-state="stale"' in html
     assert "Inventory</strong> (VMs no runbook claims)" in html  # old-kiosk fails R3 with no system
 
