@@ -286,3 +286,125 @@ def test_injected_faults_and_start_failure(make_veeam, tmp_path):
     with pytest.raises(VeeamReplayError, match="Tape"):
         broken.start()
     assert not broken.running
+
+
+# -- instant recovery ------------------------------------------------------------------------
+
+VCENTER = {
+    "folders": ["DC0/vm/Schools", "DC0/vm/drcheck-sandbox"],
+    "vms": [{"name": "sis01", "folder": "DC0/vm/Schools", "power": "on", "hostname": "sis01.district.local"}],
+}
+
+
+def recovery_spec(point_id: str, folder: dict | None, name: str = "sis01-drcheck", **extra) -> dict:
+    destination = {"restoredVmName": name}
+    if folder is not None:
+        destination["folder"] = folder
+    return {"restorePointId": point_id, "type": "Customized", "vmTagsRestoreEnabled": False,
+            "secureRestore": {"antivirusScanEnabled": False}, "nicsEnabled": False, "powerUp": False,
+            "reason": "drcheck restore test", "destination": destination,
+            "datastore": {"redirectEnabled": False}, **extra}
+
+
+def test_instant_recovery_creates_and_removes_the_vm(make_vcenter, make_veeam):
+    from tests.e2e.conftest import wait_for
+    from tests.e2e.vcsim_fixtures import vsphere_connect
+
+    sim = make_vcenter(scenario=VCENTER)
+    si = vsphere_connect(sim)
+    index = si.RetrieveContent().searchIndex
+    sandbox = index.FindByInventoryPath("DC0/vm/drcheck-sandbox")
+    scenario = {"vcenter": {"host": "vcenter01.district.local", "folders": {sandbox._moId: "DC0/vm/drcheck-sandbox"}},
+                "vms": [{"name": "sis01", "moref": index.FindByInventoryPath("DC0/vm/Schools/sis01")._moId,
+                         "source": "DC0/vm/Schools/sis01"}],
+                "jobs": [{"name": "Nightly", "objects": ["sis01"]}]}
+    replay = make_veeam(scenario=scenario, vcsim_control_url=sim.control_url)
+    folder = {"type": "Folder", "hostName": "vcenter01.district.local", "name": "drcheck-sandbox",
+              "objectId": sandbox._moId, "platform": "VMware"}
+    base = "/api/v1/restore/instantRecovery/vSphere/vm"
+    with client(replay) as http:
+        token = login(http, replay)["access_token"]
+        auth = {**HEADERS, "Authorization": f"Bearer {token}"}
+        point = get(http, token, "/api/v1/restorePoints", nameFilter="sis01").json()["data"][0]
+
+        r = http.post(base, headers=auth, json=recovery_spec(point["id"], folder))
+        assert r.status_code == 201, r.text
+        session = r.json()
+        assert session["sessionType"] == "InstantRecovery" and session["state"] == "Working"
+        mount_id = session["resourceId"]
+        assert session["resourceReference"] == f"{base}/{mount_id}"
+        mount = wait_for(lambda: (m := get(http, token, f"{base}/{mount_id}").json())["state"] == "Mounted" and m,
+                         timeout=30, what="the mount to be Mounted")
+        assert mount["vmName"] == "sis01-drcheck" and mount["sessionId"] == session["id"]
+        assert mount["spec"]["restorePointId"] == point["id"] and mount["errorMessage"] == ""
+        done = get(http, token, f"/api/v1/sessions/{session['id']}").json()
+        assert done["state"] == "Stopped" and done["result"]["result"] == "Success"
+        listed = get(http, token, base, stateFilter="Mounted").json()
+        assert [m["id"] for m in listed["data"]] == [mount_id] and listed["pagination"]["total"] == 1
+
+        vm = index.FindByInventoryPath("DC0/vm/drcheck-sandbox/sis01-drcheck")
+        assert vm is not None and vm.runtime.powerState == "poweredOff"
+        facts = replay.mounts()[0]
+        assert facts["moref"] == vm._moId and facts["state"] == "Mounted"
+        assert facts["folder"] == "DC0/vm/drcheck-sandbox" and facts["source"] == "DC0/vm/Schools/sis01"
+
+        # the same name again while it is published: the mount fails, as a name clash does
+        r = http.post(base, headers=auth, json=recovery_spec(point["id"], folder))
+        clash = wait_for(lambda: (m := get(http, token, f"{base}/{r.json()['resourceId']}").json())["state"]
+                         == "Failed" and m, timeout=10, what="the clashing mount to fail")
+        assert "already published" in clash["errorMessage"]
+        assert http.post(f"{base}/{clash['id']}/unmount", headers=auth).status_code == 200  # removes it
+
+        r = http.post(f"{base}/{mount_id}/unmount", headers=auth)
+        assert r.status_code == 200 and r.json()["sessionType"] == "InstantRecovery"
+        wait_for(lambda: get(http, token, f"{base}/{mount_id}").status_code == 404, timeout=30,
+                 what="the mount to leave the list")
+        assert index.FindByInventoryPath("DC0/vm/drcheck-sandbox/sis01-drcheck") is None
+        assert get(http, token, f"/api/v1/sessions/{r.json()['id']}").json()["result"]["result"] == "Success"
+        assert index.FindByInventoryPath("DC0/vm/Schools/sis01") is not None  # the source is untouched
+        assert get(http, token, base).json()["pagination"]["total"] == 0
+        assert replay.mounts()[0]["state"] == "Unmounted"
+
+
+def test_instant_recovery_refusals_and_failures(make_vcenter, make_veeam):
+    from tests.e2e.conftest import wait_for
+
+    sim = make_vcenter(scenario=VCENTER)
+    scenario = {"vms": [{"name": "sis01", "source": "DC0/vm/Schools/sis01"}],
+                "jobs": [{"name": "Nightly", "objects": ["sis01"]}]}
+    replay = make_veeam(scenario=scenario, vcsim_control_url=sim.control_url)
+    base = "/api/v1/restore/instantRecovery/vSphere/vm"
+    with client(replay) as http:
+        token = login(http, replay)["access_token"]
+        auth = {**HEADERS, "Authorization": f"Bearer {token}"}
+        point = get(http, token, "/api/v1/restorePoints").json()["data"][0]
+        path_folder = {"type": "Folder", "hostName": "vc", "name": "DC0/vm/drcheck-sandbox"}
+        cases = [
+            (recovery_spec(point["id"], path_folder, powerUp=True), 400, "powerUp"),
+            ({**recovery_spec(point["id"], path_folder), "type": "OriginalLocation"}, 400, "OriginalLocation"),
+            ({k: v for k, v in recovery_spec(point["id"], path_folder).items() if k != "secureRestore"}, 400,
+             "secureRestore"),
+            ({k: v for k, v in recovery_spec(point["id"], path_folder).items() if k != "datastore"}, 400, "datastore"),
+            (recovery_spec("3f1c0e0a-0000-0000-0000-000000000000", path_folder), 404, "was not found"),
+        ]
+        for spec, status, words in cases:
+            r = http.post(base, headers=auth, json=spec)
+            assert r.status_code == status and words in r.json()["message"], r.text
+
+        # a folder Veeam does not know: the session fails, the mount says why
+        unknown = {"type": "Folder", "hostName": "vc", "name": "Elsewhere", "objectId": "group-v999"}
+        r = http.post(base, headers=auth, json=recovery_spec(point["id"], unknown))
+        assert r.status_code == 201
+        mount = get(http, token, f"{base}/{r.json()['resourceId']}").json()
+        assert mount["state"] == "Failed" and "Elsewhere" in mount["errorMessage"]
+        assert get(http, token, f"/api/v1/sessions/{r.json()['id']}").json()["result"]["result"] == "Failed"
+
+        # a folder given as an inventory path (a replay extension) works; vCenter down fails the mount
+        r = http.post(base, headers=auth, json=recovery_spec(point["id"], path_folder, name="sis01-a"))
+        wait_for(lambda: get(http, token, f"{base}/{r.json()['resourceId']}").json()["state"] == "Mounted",
+                 timeout=30, what="mounted")
+        sim.stop()
+        r = http.post(base, headers=auth, json=recovery_spec(point["id"], path_folder, name="sis01-b"))
+        failed = wait_for(lambda: (m := get(http, token, f"{base}/{r.json()['resourceId']}").json())["state"]
+                          == "Failed" and m, timeout=30, what="failed")
+        assert "unreachable" in failed["errorMessage"]
