@@ -50,6 +50,7 @@ class FakeVeeam:
         self.unmount_error: tuple[int, str] | None = None
         self.started: list[dict] = []  # instant recovery request bodies
         self.on_start = None  # called with the body when instant recovery starts
+        self.on_unmount = None  # called with the VM name when a mount is removed
 
     # -- building ---------------------------------------------------------------------
 
@@ -153,7 +154,9 @@ class FakeVeeam:
             return error(*self.unmount_error)
         if self.mounts[mount_id]["state"] == "Mounting":
             return error(400, "UnexpectedContent", "The mount is Mounting; it can be unmounted once it is mounted.")
-        del self.mounts[mount_id]
+        gone = self.mounts.pop(mount_id)
+        if self.on_unmount:
+            self.on_unmount(gone["vmName"])
         session_id = uid("unmount", mount_id)
         self.sessions[session_id] = {"id": session_id, "name": "unmount", "jobId": mount_id,
                                      "sessionType": "InstantRecovery", "creationTime": iso(NOW), "state": "Stopped",
