@@ -17,6 +17,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/vmware/govmomi/object"
 	"github.com/vmware/govmomi/simulator"
 	"github.com/vmware/govmomi/vim25/mo"
 	"github.com/vmware/govmomi/vim25/types"
@@ -43,6 +44,7 @@ func (l *lab) serveControl(addr string) (*http.Server, string, error) {
 		"/alarm":       l.ctlAlarm,
 		"/restore":     l.ctlRestore,
 		"/export":      l.ctlExport,
+		"/destroy":     l.ctlDestroy,
 		"/power-log":   l.ctlPowerLog,
 		"/calls":       l.ctlCalls,
 		"/calls/reset": l.ctlCallsReset,
@@ -472,4 +474,43 @@ func (l *lab) ctlCallsReset(r *http.Request) (interface{}, error) {
 	}
 	l.gate.resetCounts()
 	return map[string]bool{"reset": true}, nil
+}
+
+// ctlDestroy removes a VM as a backup product ending an instant recovery does:
+// powered off first if on, then Destroy_Task (events, files and inventory as the
+// library does them). The VM is named by moref (vm-42), inventory path or unique name.
+func (l *lab) ctlDestroy(r *http.Request) (interface{}, error) {
+	var req struct {
+		VM string `json:"vm"`
+	}
+	if err := decode(r, &req); err != nil {
+		return nil, err
+	}
+	vm, ok := simulator.Map.Get(types.ManagedObjectReference{Type: "VirtualMachine", Value: req.VM}).(*simulator.VirtualMachine)
+	if !ok {
+		var err error
+		if vm, err = lookupVM(req.VM); err != nil {
+			return nil, err
+		}
+	}
+	out := vmSummary(vm)
+	obj := object.NewVirtualMachine(l.client, vm.Self)
+	if out["power"] == string(types.VirtualMachinePowerStatePoweredOn) {
+		task, err := obj.PowerOff(l.ctx)
+		if err == nil {
+			err = task.Wait(l.ctx)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("power off %s: %w", vm.Name, err)
+		}
+	}
+	task, err := obj.Destroy(l.ctx)
+	if err == nil {
+		err = task.Wait(l.ctx)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("destroy %s: %w", vm.Name, err)
+	}
+	out["power"] = "destroyed"
+	return out, nil
 }
