@@ -340,3 +340,39 @@ def test_the_points_are_current_in_the_store_per_copy(lab):
     assert {(r["system"], r["copy"], r["host"]) for r in rows} == {
         ("sis", "local", "sis01"), ("sis", "offsite", "sis01"), ("files", "local", "files01"),
         ("files", "offsite", "files01")}
+
+
+def test_the_demo_peer_serves_the_backups_the_probe_expects(tmp_path):
+    from drcheck.probes import veeam
+
+    lab_dir = tmp_path / "lab" / "veeam"
+    (tmp_path / "runbooks").mkdir()
+    for system in ("sis", "files"):
+        (tmp_path / "runbooks" / f"{system}.toml").write_text(tomli_w.dumps({"name": system, **RUNBOOK}))
+    config = {
+        "agent": {"name": "demo", "state_dir": str(tmp_path / "state"), "sandbox_root": str(tmp_path / "state" / "sb"),
+                  "runbooks_dir": str(tmp_path / "runbooks"), "timezone": "UTC"},
+        "sites": {"office": {}, "dr": {}}, "copies": {"local": {"site": "office"}, "offsite": {"site": "dr"}},
+        "probes": {"veeam": {"kind": "veeam", "copy": "local", "url": "https://127.0.0.1:0", "username": "demo",
+                             "password": {"file": str(lab_dir / "password")}, "ca_bundle": str(lab_dir / "ca.pem"),
+                             "copy_jobs": {"Offsite copy": "offsite"},
+                             "systems": [{"system": "sis", "vms": ["sis01"]}, {"system": "files", "vms": ["files*"]}]}},
+    }
+    path = tmp_path / "drcheck.toml"
+    path.write_text(tomli_w.dumps(config))
+    loaded = load(path)
+    peer = veeam.lab_peer(loaded.config.probes["veeam"], loaded)
+    assert all(lab_dir == p or lab_dir in p.parents for p in peer.owned_paths())
+    peer.init()
+    peer.start()
+    try:
+        url = peer._replay.url  # port 0 in this configuration: the replay picked one
+        config["probes"]["veeam"]["url"] = url
+        path.write_text(tomli_w.dumps(config))
+        loaded = load(path)
+        with Store(loaded.database_path) as store:
+            result = run_probe(loaded, store, "veeam", "points")
+    finally:
+        peer.stop()
+    assert result.status is Status.OK, result.reason
+    assert ages(result) == {("sis", "local"): 5.0, ("sis", "offsite"): 3.0}  # files* names no VM for the demo
