@@ -276,10 +276,12 @@ def _session_findings(state, session, systems: Iterable[str]) -> list[Finding]:
     severity = Severity.CRITICAL if state.last_result == "Failed" else Severity.WARNING
     when = session.ended or session.created if session else state.last_run
     said = session.message if session and session.message else "Veeam gives no message"
-    text = (f"job {state.name!r}: last session {state.last_result.lower()}"
-            + (f" ({when:%Y-%m-%d %H:%M} UTC)" if when else "") + f": {said}")
+    text = (f"last session {state.last_result.lower()}" + (f" ({when:%Y-%m-%d %H:%M} UTC)" if when else "")
+            + f": {said}")
     code = "session_failed" if severity is Severity.CRITICAL else "session_warning"
-    return [Finding(severity, code, text, system, subject=f"job:{state.id}") for system in (sorted(systems) or [None])]
+    # one finding per system the job backs up, so each system's verdict (R10.source_findings) has it
+    return [Finding(severity, code, f"job {state.name!r}" + (f" (backs up {system})" if system else "") + f": {text}",
+                    system, subject=f"job:{state.id}") for system in (sorted(systems) or [None])]
 
 
 def _job_systems(ctx: "RunContext") -> dict[str, list[str]]:

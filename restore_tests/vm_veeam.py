@@ -136,7 +136,7 @@ def prepare(source: "VeeamInstantSource", vc: VCenter, place: Place, ctx: Any) -
 
     memory = facts.memory_mb if facts else 0
     return Plan(f"Veeam instant recovery of {source.vm} from restore point {point.id} "
-                f"({point.created:%Y-%m-%d %H:%M} UTC, {copy})", source.vm, "",
+                f"({point.created:%Y-%m-%d %H:%M} UTC, {copy})", source.vm, facts.uuid if facts else "",
                 vc.path_of(production[0]) if facts else source.vm, point.id, point.created, compute, place.datastore,
                 memory, memory * 1024 * 1024, create,
                 lease=lambda name: (LEASE_KIND, f"{source.probe}/{name}", HANDLER), dispose=dispose, copy=copy)

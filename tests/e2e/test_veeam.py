@@ -169,7 +169,8 @@ def test_a_failed_session_is_a_finding_with_veeams_message(lab):
     assert sorted(f.system for f in result.findings) == ["files", "sis"]  # the job backs both up
     finding = result.findings[0]
     assert finding.severity is Severity.CRITICAL and finding.code == "session_failed"
-    assert finding.message.startswith("job 'Servers nightly': last session failed (") and finding.message.endswith(
+    assert finding.message.startswith("job 'Servers nightly' (backs up files): last session failed (") and \
+        finding.message.endswith(
         f"UTC): {said}")
     assert finding.subject.startswith("job:") and said in result.reason
 
