@@ -317,7 +317,7 @@ def test_instant_recovery_creates_and_removes_the_vm(make_vcenter, make_veeam):
     scenario = {"vcenter": {"host": "vcenter01.district.local", "folders": {sandbox._moId: "DC0/vm/drcheck-sandbox"}},
                 "vms": [{"name": "sis01", "moref": index.FindByInventoryPath("DC0/vm/Schools/sis01")._moId,
                          "source": "DC0/vm/Schools/sis01"}],
-                "jobs": [{"name": "Nightly", "objects": ["sis01"]}]}
+                "jobs": [{"name": "Nightly", "objects": ["sis01"]}], "mount_delay": "500ms"}
     replay = make_veeam(scenario=scenario, vcsim_control_url=sim.control_url)
     folder = {"type": "Folder", "hostName": "vcenter01.district.local", "name": "drcheck-sandbox",
               "objectId": sandbox._moId, "platform": "VMware"}
@@ -333,6 +333,9 @@ def test_instant_recovery_creates_and_removes_the_vm(make_vcenter, make_veeam):
         assert session["sessionType"] == "InstantRecovery" and session["state"] == "Working"
         mount_id = session["resourceId"]
         assert session["resourceReference"] == f"{base}/{mount_id}"
+        assert get(http, token, f"{base}/{mount_id}").json()["state"] == "Mounting"
+        r = http.post(f"{base}/{mount_id}/unmount", headers=auth)
+        assert r.status_code == 400 and "Mounting" in r.json()["message"]
         mount = wait_for(lambda: (m := get(http, token, f"{base}/{mount_id}").json())["state"] == "Mounted" and m,
                          timeout=30, what="the mount to be Mounted")
         assert mount["vmName"] == "sis01-drcheck" and mount["sessionId"] == session["id"]

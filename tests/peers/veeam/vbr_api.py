@@ -368,16 +368,18 @@ class Api:
     def _cached(self, key: tuple, build: Callable[[], list]) -> list:
         """Filtered, sorted lists are kept per query (without skip/limit) until the scenario is
         replaced, so paging through 60,000 restore points costs one filter, not one per page."""
-        key = tuple(kv for kv in key if not (isinstance(kv, tuple) and kv[0] in ("skip", "limit")))
+        model = self._model  # a list built from a model replaced meanwhile is never served for the new one
+        key = (id(model), *(kv for kv in key if not (isinstance(kv, tuple) and kv[0] in ("skip", "limit"))))
         with self._lock:
             hit = self._cache.get(key)
         if hit is not None:
             return hit
         items = list(build())
         with self._lock:
-            if len(self._cache) > 2000:
-                self._cache.clear()
-            self._cache[key] = items
+            if model is self._model:
+                if len(self._cache) > 2000:
+                    self._cache.clear()
+                self._cache[key] = items
         return items
 
     # -- instant recovery ---------------------------------------------------------------
