@@ -4,7 +4,9 @@ copy, how old, whether Veeam itself marks any as suspicious or infected (action
 
 Copies: the backups of backup jobs are the probe's `copy` (the primary repository); the
 backups of each backup-copy job named in `copy_jobs` are that copy (at its own site). A
-backup-copy job not named there is reported (`copy_job_unmapped`) and not counted.
+backup-copy job not named there (known by its type `BackupCopy` or its `sourceJobId`) is
+reported (`copy_job_unmapped`) and not counted. Name every copy job in `copy_jobs`: a
+server that reports neither would have its points counted in the primary copy.
 
 Systems: `systems` rules map VM name patterns to runbook systems. A system of several VMs
 is as fresh as its stalest VM: in each copy, the system's point is the newest clean point

@@ -60,11 +60,14 @@ class Job:
     name: str
     type: str
     disabled: bool = False
+    source_job_id: str | None = None
 
     @property
     def is_copy(self) -> bool:
-        """A backup copy job: its backups are a further copy, at its repository's site."""
-        return self.type in COPY_JOB_TYPES or self.type.endswith("BackupCopy")
+        """A backup copy job (its backups are a further copy, at its repository's site):
+        typed so (revision 1.3 names the type; earlier ones document none) or naming the
+        job it copies."""
+        return self.type in COPY_JOB_TYPES or self.type.endswith("BackupCopy") or bool(self.source_job_id)
 
 
 @dataclass(frozen=True)
@@ -312,7 +315,8 @@ def _time(value: Any) -> datetime | None:
 
 
 def _job(j: dict[str, Any]) -> Job:
-    return Job(str(j["id"]), j.get("name", ""), j.get("type", ""), bool(j.get("isDisabled")))
+    return Job(str(j["id"]), j.get("name", ""), j.get("type", ""), bool(j.get("isDisabled")),
+               str(j["sourceJobId"]) if j.get("sourceJobId") else None)
 
 
 def _job_state(j: dict[str, Any]) -> JobState:

@@ -125,9 +125,11 @@ def test_a_vm_of_a_system_missing_from_a_copy_leaves_the_system_without_a_point_
     assert finding.severity is Severity.WARNING and result.status is Status.OK
 
 
-def test_an_unmapped_backup_copy_job_is_reported_and_not_counted(builders, tmp_path, monkeypatch):
+@pytest.mark.parametrize("typed", [{"type": "BackupCopy"}, {"type": "Unknown", "sourceJobId": "the-files-job"}])
+def test_an_unmapped_backup_copy_job_is_reported_and_not_counted(builders, tmp_path, monkeypatch, typed):
     fake = district()
-    fake.job("Files to tape", type="BackupCopy")
+    fake.job("Files to tape")
+    fake.jobs[-1].update(typed)
     fake.point("Files to tape", "files01", timedelta(hours=1))
     result, _ = run(builders, tmp_path, monkeypatch, fake)
     assert newest(result)[("fileserver", "local")] == ("files01", 8.0)
