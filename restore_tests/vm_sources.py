@@ -144,7 +144,7 @@ class VeeamInstantSource(Strict):
     vm: str = Field(..., min_length=1, description="the VM's name as Veeam's backups name it")
     restore_point: str | None = Field(None, description="a Veeam restore point id (default: the newest clean one)")
     copy: Name | None = Field(None, description="the copy to restore from: the probe's copy or one of its "
-                                                "copy_jobs copies (default: the probe's copy)")
+                                                "copy_jobs copies (default: the test's copy, else the probe's)")
     mount_timeout: Duration = Field(timedelta(minutes=10), description="how long Veeam may take to publish the VM")
 
     def references(self, loaded: "LoadedConfig") -> list[tuple[str, str]]:

@@ -67,14 +67,14 @@ def _probe(source: "VeeamInstantSource", loaded: "LoadedConfig"):
     return loaded.config.probes[source.probe]
 
 
-def choose_point(source: "VeeamInstantSource", probe: Any, veeam: "Veeam") -> tuple["Point", str]:
-    """(the restore point to restore, its copy). Raise Missing when there is none, Refused
-    when the one named is not clean."""
+def choose_point(source: "VeeamInstantSource", probe: Any, veeam: "Veeam", wanted: str) -> tuple["Point", str]:
+    """(the restore point to restore, its copy): the one named, else the newest clean one
+    in copy `wanted`. Raise Missing when there is none, Refused when the one named is not
+    clean."""
     from drcheck.probes.veeam import copy_of
 
     jobs = {job.id: job for job in veeam.jobs()}
     copies = {b.id: copy_of(probe, b, jobs) for b in veeam.backups()}
-    wanted = source.copy or probe.copy
     points = sorted((p for p in veeam.restore_points(nameFilter=source.vm) if p.name == source.vm),
                     key=lambda p: p.created, reverse=True)
     if source.restore_point:
@@ -101,10 +101,15 @@ def prepare(source: "VeeamInstantSource", vc: VCenter, place: Place, ctx: Any) -
     from drcheck.clients.veeam import Veeam, VSphereObject
 
     probe = _probe(source, ctx.loaded)
+    test = ctx.loaded.config.restore_tests.get(ctx.name)
+    wanted = source.copy or getattr(test, "copy", None) or probe.copy
+    if wanted not in probe.all_copies():
+        raise VSphereError(f"copy {wanted!r} is not a copy of probe {source.probe} "
+                           f"(its copies: {', '.join(probe.all_copies())})")
     endpoint = probe.endpoint()
     who = f"restore test {ctx.name}"
     with Veeam(endpoint, who=who) as veeam:
-        point, copy = choose_point(source, probe, veeam)
+        point, copy = choose_point(source, probe, veeam, wanted)
     production = vc.vms_named(source.vm)
     facts = vc.facts(production[0]) if len(production) == 1 else None
     compute = place.compute or (vc.pool_compute(facts.pool) if facts else vc.first_compute(place.datacenter))

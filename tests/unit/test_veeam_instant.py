@@ -195,3 +195,12 @@ def test_the_source_checks_its_references(builders, tmp_path):
         ("probe", "unknown probe 'nope' (veeam probes: veeam)")]
     with pytest.raises(ConfigError, match="mount_timeout"):
         config(builders, tmp_path, mount_timeout="soon")
+
+
+def test_the_tests_own_copy_key_chooses_the_copy_when_the_source_names_none(builders, tmp_path, lab):
+    loaded, store = config(builders, tmp_path)
+    test = loaded.config.restore_tests["vm-sis"].model_copy(update={"copy": "offsite"})
+    loaded.config.restore_tests["vm-sis"] = test
+    result = lab.run(loaded, store)
+    assert result.status is Status.PASSED, result.reason
+    assert result.point_id == lab.offsite and result.copy == "offsite"
