@@ -81,6 +81,9 @@ class VmRestoreTest(RestoreTestTarget):
         if self.copy is not None and self.copy not in loaded.config.copies:
             problems.append(("copy", f"unknown copy {self.copy!r} (known: "
                                      f"{', '.join(sorted(loaded.config.copies)) or 'none defined'})"))
+        if hasattr(self.source, "references"):  # a source reading another probe (veeam-instant)
+            problems += [(f"source.{key}" if key else "source", message)
+                         for key, message in self.source.references(loaded)]
         return problems
 
 

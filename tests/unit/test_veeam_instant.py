@@ -178,11 +178,10 @@ def test_the_reaper_handler_refuses_what_is_not_drchecks_and_raises_while_veeam_
         vm_veeam.cleanup({"resource": "veeam/drcheck-vm-sis-20261123T120000Z"}, loaded)
 
 
-def test_a_source_naming_no_veeam_probe_is_an_error_when_run(builders, tmp_path, lab):
-    loaded, store = config(builders, tmp_path, probe="vc")
-    result = lab.run(loaded, store)
-    assert result.status is Status.ERROR
-    assert "source.probe: probe 'vc' is a vmware probe; veeam-instant needs a veeam probe" in result.reason
+def test_a_source_naming_no_veeam_probe_is_refused_when_the_configuration_loads(builders, tmp_path, lab):
+    with pytest.raises(ConfigError, match="restore_tests.vm-sis.source.probe: probe 'vc' is a vmware probe; "
+                                          "veeam-instant needs a veeam probe"):
+        config(builders, tmp_path, probe="vc")
 
 
 def test_the_source_checks_its_references(builders, tmp_path):

@@ -171,7 +171,7 @@ def test_sessions_make_failed_and_warning_jobs_findings_with_veeams_message(buil
                                                           "the datastore is full")
     fake.job("Web nightly", result="Warning", message="Changed block tracking cannot be enabled")
     result, _ = run(builders, tmp_path, monkeypatch, fake, action="sessions")
-    assert result.status is Status.FAILED
+    assert result.status is Status.OK  # the server was read: a failed job is judged per system (its finding)
     found = {f.code: f for f in result.findings}
     assert found["session_failed"].severity is Severity.CRITICAL
     assert found["session_failed"].message == ("job 'Exchange nightly': last session failed (2026-11-23 06:00 UTC): "
