@@ -23,7 +23,7 @@ from rich.markup import escape
 
 from drcheck.clients import SourceError
 from drcheck.config_loader import LoadedConfig
-from drcheck.kinds import LabPeer, LabRepository, probe_module
+from drcheck.kinds import FileBackupTarget, LabPeer, LabRepository, probe_module
 from drcheck.durations import format_duration
 from drcheck.results import Status, utcnow
 
@@ -90,7 +90,8 @@ def check_demo_config(loaded: LoadedConfig) -> Path:
         except ValueError as exc:
             outside.append(f"probes.{name}: {exc}")
             continue
-        owned += [p for rule in getattr(loaded.config.probes[name], "systems", []) for p in rule.paths]
+        probe = loaded.config.probes[name]
+        owned += [p for rule in probe.systems for p in rule.paths] if isinstance(probe, FileBackupTarget) else []
         outside += [f"probes.{name}: {p}" for p in owned if root not in Path(p).parents]
     if outside:
         raise SystemExit("drcheck demo builds its lab only under " + str(root) + " and only from the demo "

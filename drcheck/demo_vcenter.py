@@ -78,6 +78,8 @@ class LabVCenter:
             guest_password=guest_passwords.pop() if guest_passwords else "lab",
             port=urlsplit(self.target.url).port or 443)
         self._simulator.start()
+        # other lab peers publish into this vCenter (a Veeam instant recovery): say where
+        (directory / "simulator" / "control.url").write_text(self._simulator.control_url + "\n")
 
     def stop(self) -> None:
         if self._simulator is not None:
@@ -112,8 +114,10 @@ class LabVCenter:
 
     def _backed_up_hosts(self) -> list[tuple[str, str]]:
         """(system, host) of every host a file-backup probe's rules name: the servers."""
+        from drcheck.kinds import FileBackupTarget
+
         return [(rule.system, host) for probe in self.loaded.config.probes.values()
-                for rule in getattr(probe, "systems", []) for host in rule.hosts]
+                if isinstance(probe, FileBackupTarget) for rule in probe.systems for host in rule.hosts]
 
     def _folder_of(self, system: str) -> str:
         """The folder a runbook's `vms` selectors put the system's VMs in, else Servers."""

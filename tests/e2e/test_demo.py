@@ -24,10 +24,11 @@ def copy_demo(tmp_path: Path) -> Path:
     """The embedded configuration and runbooks in tmp_path, its simulated vCenter on a free
     port (a `make demo` elsewhere on this machine holds the default one)."""
     text = (REPO / "drcheck.toml").read_text()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    (tmp_path / "drcheck.toml").write_text(text.replace("https://127.0.0.1:18443/sdk", f"https://127.0.0.1:{port}/sdk"))
+    for default in ("https://127.0.0.1:18443", "https://127.0.0.1:18444"):  # the vCenter, Veeam
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            text = text.replace(default, f"https://127.0.0.1:{s.getsockname()[1]}")
+    (tmp_path / "drcheck.toml").write_text(text)
     shutil.copytree(REPO / "runbooks", tmp_path / "runbooks")
     return tmp_path / "drcheck.toml"
 
@@ -59,6 +60,10 @@ def test_demo_runs_a_full_cycle_and_says_where_things_are(tmp_path):
     html = reports[0].read_text()
     assert 'data-vm="' in html and "library-kiosk" in html and "Rotation schools-rotation" in html
     assert "vcenter inventory: ok" in done.stdout
+    # Veeam: both copies listed per system, a passing instant-recovery test
+    assert "veeam points: ok" in done.stdout and "sis-veeam-instant sis01: passed" in done.stdout
+    sis = next(s for s in status["systems"] if s["system"] == "sis")
+    assert {"lab-restic", "nutrition-borg", "veeam-local", "veeam-copy"} <= {p["copy"] for p in sis["points"]}
     assert list((tmp_path / "var" / "drcheck" / "sandbox").iterdir()) == []
     # a second run rebuilds the lab in place
     assert drcheck(config, "demo").returncode == 0
