@@ -2,9 +2,10 @@
 server the Barracuda tests, the demo and the benchmark read report e-mails from.
 
 Everything lives in one work directory: the configuration, a passwd-file of users, the
-maildirs (`mail/<user>/`, folders as Maildir++ `.Name/`), the log, and a fresh base and
-state directory for every start (a directory a previous instance left behind can hold
-sockets a new start cannot reuse). TLS uses a certificate from a test CA
+maildirs (`mail/<user>/`, folders as Maildir++ `.Name/`), the log, and a fresh state
+directory for every start; its sockets in a fresh short-named base directory under the
+system's temp directory (a socket path must fit 108 bytes; a directory a previous
+instance left behind can hold sockets a new start cannot reuse), removed at stop. TLS uses a certificate from a test CA
 (`drcheck.lab_vcsim.make_test_ca`); the IMAPS port speaks TLS at once, the IMAP port offers
 STARTTLS (and refuses plain-text logins before it).
 
@@ -24,6 +25,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import Iterable
@@ -31,8 +33,9 @@ from typing import Iterable
 from drcheck.lab_vcsim import TestCA
 
 
-class DovecotError(RuntimeError):
-    """Dovecot is missing, could not start, or a `doveadm` command failed."""
+class DovecotError(OSError):
+    """Dovecot is missing, could not start, or a `doveadm` command failed (an OSError, as
+    a service that cannot start is for the demo)."""
 
 
 def dovecot_binary() -> str:
@@ -111,6 +114,7 @@ class Dovecot:
         self.starttls_port = starttls_port
         self.start_timeout = start_timeout
         self._proc: subprocess.Popen | None = None
+        self._base: Path | None = None
         self._starts = 0
         self._delivered = 0
 
@@ -138,12 +142,12 @@ class Dovecot:
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
-    def _config(self, run: Path) -> str:
+    def _config(self, run: Path, base: Path) -> str:
         user, group, uid, gid = _service_accounts()
         login_user = "dovenull" if os.geteuid() == 0 else user
         w = self.workdir
         return "\n".join([
-            f"base_dir = {run}/base",
+            f"base_dir = {base}",
             f"state_dir = {run}/state",
             f"log_path = {self.log_path}",
             "protocols = imap",
@@ -194,8 +198,9 @@ class Dovecot:
         self._starts += 1
         run = self.workdir / f"run{self._starts}"
         shutil.rmtree(run, ignore_errors=True)
-        (run / "base").mkdir(parents=True)
-        (run / "state").mkdir()
+        (run / "state").mkdir(parents=True)
+        # sockets live in base_dir, whose paths must fit a socket address (108 bytes)
+        self._base = Path(tempfile.mkdtemp(prefix="drcheck-imap-"))
         self._own(self.workdir / "home")
         if os.geteuid() == 0:
             _traversable(self.workdir)
@@ -204,7 +209,7 @@ class Dovecot:
         users.chmod(0o600)
         for name in self.users:
             self.create_folder(name, "INBOX")
-        self.config_path.write_text(self._config(run))
+        self.config_path.write_text(self._config(run, self._base))
         began = time.monotonic()
         with open(self.workdir / "dovecot.stderr", "ab") as stderr:
             self._proc = subprocess.Popen([binary, "-F", "-c", str(self.config_path)], stdin=subprocess.DEVNULL,
@@ -212,7 +217,7 @@ class Dovecot:
         while True:
             if self._proc.poll() is not None:
                 code = self._proc.returncode
-                self._proc = None
+                self.stop()
                 raise DovecotError(f"dovecot exited with status {code} before it was ready:\n{self.log_tail()}")
             try:
                 socket.create_connection((self.host, self.port), timeout=0.5).close()
@@ -228,15 +233,16 @@ class Dovecot:
     def stop(self) -> None:
         """SIGTERM (SIGKILL to its process group after 10 s); safe to call twice."""
         proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
+        if proc is not None and proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             try:
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=10)
+        if self._base is not None:
+            shutil.rmtree(self._base, ignore_errors=True)
+            self._base = None
 
     def restart(self) -> "Dovecot":
         self.stop()
