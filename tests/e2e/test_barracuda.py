@@ -8,7 +8,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from drcheck.rules import evaluate
 from drcheck.store import Store
 from tests.peers.barracuda import generator as g
 
-from .conftest import RUNBOOK, deep_merge, utc
+from .conftest import RUNBOOK, deep_merge, utc, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -80,6 +79,10 @@ class BarracudaLab:
         loaded = load(self.config_path)
         with Store(loaded.database_path) as store:
             return {(r.system, r.subject): r for r in evaluate(loaded, store, utc()) if r.rule == rule}
+
+    def rows(self, sql: str) -> list[dict]:
+        with Store(load(self.config_path).database_path) as store:
+            return store.query(sql)
 
     def details(self) -> dict:
         with Store(load(self.config_path).database_path) as store:
@@ -240,18 +243,20 @@ def test_a_run_that_dies_mid_mailbox_counts_nothing_twice_and_loses_nothing(lab,
 
 
 def test_a_killed_probe_process_is_read_again_from_the_recorded_cursor(lab):
-    lab.deliver(*g.bulk(3000, utc(), sources=3, per_report=3))
+    lab.deliver(*g.bulk(5000, utc(), sources=3, per_report=3))
     proc = subprocess.Popen([sys.executable, "-m", "drcheck", "--config", str(lab.config_path), "probe", "mail"],
                             cwd=lab.root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(0.8)
-    proc.send_signal(signal.SIGKILL)  # no chance to record anything, whatever it had read
+    wait_for(lambda: "Login: user=<reports>" in lab.server.log_path.read_text(), timeout=60, interval=0.01,
+             what="the probe to log in")
+    proc.send_signal(signal.SIGKILL)  # while it reads: no chance to record anything
     proc.wait(timeout=30)
+    assert lab.rows("SELECT id FROM probe_runs") == []
     result = lab.probe()
     details = lab.details()
-    assert details["messages"] == 3000 and details["last_uid"] == 3000
+    assert details["messages"] == 5000 and details["last_uid"] == 5000
     assert result.point_counts == {}  # vm000..vm002 belong to no system; their backups are assets
     counts = {s["name"]: s["points"]["local"]["count"] for s in details["sources"].values()}
-    assert counts == {"vm000": 3000, "vm001": 3000, "vm002": 3000}
+    assert counts == {"vm000": 5000, "vm001": 5000, "vm002": 5000}
 
 
 def test_bad_credentials_are_an_error_and_the_points_stay(lab):
