@@ -9,9 +9,6 @@ REGISTRY: dict[str, str] = {
     "restic": "drcheck.probes.restic",
     "borg": "drcheck.probes.borg",
     "vmware": "drcheck.probes.vmware",
-<<<<<<< HEAD
     "veeam": "drcheck.probes.veeam",
-=======
     "barracuda": "drcheck.probes.barracuda",
->>>>>>> barracuda
 }
