@@ -123,7 +123,7 @@ def build_lab(loaded: LoadedConfig, say=print) -> None:
         say(f"  {cfg.probes[name].kind} repository for {name} ({cfg.probes[name].copy})")
     for name, peer in lab_peers(loaded).items():
         peer.init()
-        say(f"  simulated {cfg.probes[name].kind} service for {name} ({cfg.probes[name].url})")
+        say(f"  simulated {cfg.probes[name].kind} service for {name}")
     systems = {rule.system: rule.paths for name in repos for rule in cfg.probes[name].systems}
     with open_store(loaded) as store:
         for generation, age in enumerate(SNAPSHOT_AGES):

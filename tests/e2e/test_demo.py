@@ -24,10 +24,11 @@ def copy_demo(tmp_path: Path) -> Path:
     """The embedded configuration and runbooks in tmp_path, its simulated vCenter on a free
     port (a `make demo` elsewhere on this machine holds the default one)."""
     text = (REPO / "drcheck.toml").read_text()
-    for default in ("https://127.0.0.1:18443", "https://127.0.0.1:18444"):  # the vCenter, Veeam
+    for default in ("127.0.0.1:18443", "127.0.0.1:18444", "port = 18993"):  # vCenter, Veeam, IMAP
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
-            text = text.replace(default, f"https://127.0.0.1:{s.getsockname()[1]}")
+            text = text.replace(default, default.replace(default.split(":")[-1].split(" ")[-1],
+                                                         str(s.getsockname()[1])))
     (tmp_path / "drcheck.toml").write_text(text)
     shutil.copytree(REPO / "runbooks", tmp_path / "runbooks")
     return tmp_path / "drcheck.toml"
@@ -63,7 +64,13 @@ def test_demo_runs_a_full_cycle_and_says_where_things_are(tmp_path):
     # Veeam: both copies listed per system, a passing instant-recovery test
     assert "veeam points: ok" in done.stdout and "sis-veeam-instant sis01: passed" in done.stdout
     sis = next(s for s in status["systems"] if s["system"] == "sis")
-    assert {"lab-restic", "nutrition-borg", "veeam-local", "veeam-copy"} <= {p["copy"] for p in sis["points"]}
+    assert {"lab-restic", "nutrition-borg", "veeam-local", "veeam-copy", "barracuda", "barracuda-cloud"} <= \
+        {p["copy"] for p in sis["points"]}
+    # Barracuda: reports read from a real IMAP mailbox; payroll's data source went silent (missed)
+    assert "barracuda mailbox: ok" in done.stdout
+    payroll = next(s for s in status["systems"] if s["system"] == "payroll")
+    assert {r["subject"] for r in payroll["failing"] if r["rule"] == "R2.backup_age"} >= {"barracuda",
+                                                                                          "barracuda-cloud"}
     assert list((tmp_path / "var" / "drcheck" / "sandbox").iterdir()) == []
     # a second run rebuilds the lab in place
     assert drcheck(config, "demo").returncode == 0
