@@ -9,4 +9,5 @@ REGISTRY: dict[str, str] = {
     "restic": "drcheck.probes.restic",
     "borg": "drcheck.probes.borg",
     "vmware": "drcheck.probes.vmware",
+    "veeam": "drcheck.probes.veeam",
 }

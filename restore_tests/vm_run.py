@@ -6,7 +6,8 @@ off and destroy the VM.
 The lease (kind `vm`, resource "<probe>/<vm name>") is committed before the restore task
 starts and released only once the VM is known to be gone; when vCenter cannot destroy it
 now, the lease stays and the reaper (`drcheck.restore_tests.vm.cleanup`) retries after
-this process ended.
+this process ended. A source whose restore is a mount (Veeam instant recovery) names its
+own lease and removes the mount instead of destroying the VM (`Plan.lease`, `Plan.dispose`).
 
 Times: vCenter's clock is compared with ours once per test; the restore start (the
 task's start, or the VM's creation event for `adopt`) is converted to our clock, so RTO =
@@ -111,7 +112,7 @@ class _Run:
         with span("sandbox"):
             place = vm_sources.resolve(vc, target.sandbox)
         with span("source"):
-            plan = vm_sources.prepare(source, vc, place)
+            plan = vm_sources.prepare(source, vc, place, self.ctx)
         self._describe(plan)
         with span("isolation"):
             isolated = vm_guards.check_isolated(vc, place, plan)
@@ -119,10 +120,10 @@ class _Run:
         with span("capacity"):
             result.checks.append(vm_guards.check_capacity(vc, plan, target.capacity))
         name = vm_name(self.ctx.name, self.ctx.now(), suffix)
-        resource = f"{target.probe}/{name}"
-        lease = self.ctx.store.take_lease(LEASE_KIND, resource, self.ctx.name, HANDLER)
+        kind, resource, handler = plan.lease(name) if plan.lease else (LEASE_KIND, f"{target.probe}/{name}", HANDLER)
+        lease = self.ctx.store.take_lease(kind, resource, self.ctx.name, handler)
         result.sandbox, result.details["sandbox_vm"] = resource, name
-        made: dict[str, Any] = {}
+        made: dict[str, Any] = {"plan": plan}
         try:
             self._restore(vc, plan, place, name, skew, isolated, made)
         except BaseException as exc:
@@ -133,6 +134,7 @@ class _Run:
     def _describe(self, plan: vm_sources.Plan) -> None:
         result = self.result
         result.point_id, result.point_time = plan.point_id, plan.point_time
+        result.copy = plan.copy or result.copy
         result.details.update(vm=plan.vm, vm_uuid=plan.vm_uuid, vm_path=plan.vm_path, restore=plan.what)
         if plan.point_time is not None:
             result.rpo_seconds = (result.started_at - plan.point_time).total_seconds()
@@ -190,12 +192,16 @@ class _Run:
         """Power off and destroy the sandbox VM, then release its lease. A VM vCenter
         cannot destroy now keeps its lease (the reaper retries once this process ended);
         so does a restore interrupted while its task may still be creating the VM."""
-        self.progress("destroying the sandbox VM")
+        dispose = made["plan"].dispose
+        self.progress("removing the sandbox VM" if dispose else "destroying the sandbox VM")
         end = self.timeline.start("cleanup")
         try:
-            vms = [made["vm"]] if "vm" in made else vc.vms_named(name) if made.get("started") else []
-            for vm in vms:
-                vc.destroy(vm)
+            if dispose is not None:  # the source removes what it made (Veeam: unmount)
+                vms = [name] if made.get("started") and dispose(name) else []
+            else:
+                vms = [made["vm"]] if "vm" in made else vc.vms_named(name) if made.get("started") else []
+                for vm in vms:
+                    vc.destroy(vm)
         except SourceError as exc:
             self.result.details["left_behind"] = name
             # counted as a first cleanup attempt: the reaper retries it without recording this
@@ -212,5 +218,6 @@ class _Run:
             self.result.details["left_behind"] = name  # its task may still finish: let the reaper look later
             self.ctx.store.note_cleanup_failure(lease, "interrupted while its restore task ran")
             return
-        self.ctx.store.release_lease(lease, "sandbox VM destroyed" if vms else "no sandbox VM was created")
+        self.ctx.store.release_lease(lease, ("sandbox VM removed" if dispose else "sandbox VM destroyed") if vms
+                                     else "no sandbox VM was created")
 

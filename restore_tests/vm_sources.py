@@ -5,21 +5,25 @@ function per source, registered in `SOURCES`.
 `Plan`: what is being proven restorable (the VM, its restore point and that point's time),
 what capacity the restore needs, and `create(name)`, which starts the restore task under
 `name` (the caller has leased that name first), waits for it and returns the VM with the
-time vCenter says the restore started. A fourth source (Veeam instant recovery) is one
-more model, one more function and one more `SOURCES` entry.
+time vCenter says the restore started. A source whose restore is not a VM of its own to
+destroy (Veeam instant recovery: a mount) says how to lease and remove it (`lease`,
+`dispose`). A source is one model, one function and one `SOURCES` entry.
 """
 
 from __future__ import annotations
 
 import fnmatch
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Annotated, Any, Callable, Literal, Union
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Annotated, Any, Callable, Literal, Union
 
 from pydantic import Field
 
 from drcheck.clients.vsphere_vm import Compute, Missing, Network, VCenter, VSphereError
-from drcheck.config_types import Strict
+from drcheck.config_types import Duration, Name, Strict
+
+if TYPE_CHECKING:
+    from drcheck.config_loader import LoadedConfig
 
 SANDBOX_PREFIX = "drcheck-"  # the names of VMs drcheck created (and may destroy)
 
@@ -81,7 +85,13 @@ class Created:
 class Plan:
     """What one source will restore. `vm`, `vm_uuid`, `vm_path` name the VM proven
     restorable; `point_time` is the restore point's time (None: unknown, `rpo_note` says
-    why); `memory_mb` and `disk_bytes` what the sandbox VM needs (0: unknown)."""
+    why); `memory_mb` and `disk_bytes` what the sandbox VM needs (0: unknown).
+
+    `lease(name)` gives (kind, resource, handler) of the lease taken before `create`
+    (default: the `vm` lease of the sandbox VM); `dispose(name)` removes what `create` made
+    instead of destroying the VM, returns whether there was something, and raises
+    `SourceError` when it cannot now (the lease stays for the reaper). `copy` names the
+    copy restored from when the source knows it better than the test's configuration."""
 
     what: str
     vm: str
@@ -95,6 +105,9 @@ class Plan:
     disk_bytes: int
     create: Callable[[str], Created] = field(repr=False)
     rpo_note: str | None = None
+    lease: Callable[[str], tuple[str, str, str]] | None = field(default=None, repr=False)
+    dispose: Callable[[str], bool] | None = field(default=None, repr=False)
+    copy: str | None = None
 
 
 class CloneSource(Strict):
@@ -122,7 +135,27 @@ class AdoptSource(Strict):
     name: str = Field(..., min_length=1, description="shell pattern of the restored VM's name")
 
 
-def prepare_clone(source: CloneSource, vc: VCenter, place: Place) -> Plan:
+class VeeamInstantSource(Strict):
+    """Instant recovery by Veeam Backup & Replication: the VM runs straight from a backup
+    (Veeam publishes it into the sandbox, powered off); unmounting removes it."""
+
+    type: Literal["veeam-instant"]
+    probe: Name = Field(..., description="the veeam probe (from [probes]) whose server restores it")
+    vm: str = Field(..., min_length=1, description="the VM's name as Veeam's backups name it")
+    restore_point: str | None = Field(None, description="a Veeam restore point id (default: the newest clean one)")
+    copy: Name | None = Field(None, description="the copy to restore from: the probe's copy or one of its "
+                                                "copy_jobs copies (default: the test's copy, else the probe's)")
+    mount_timeout: Duration = Field(timedelta(minutes=10), description="how long Veeam may take to publish the VM")
+
+    def references(self, loaded: "LoadedConfig") -> list[tuple[str, str]]:
+        """Problems as (key below `source`, message): the probe must be a veeam probe and
+        `copy` one of its copies. (Also checked when the test runs.)"""
+        from drcheck.restore_tests.vm_veeam import source_problems
+
+        return source_problems(self, loaded)
+
+
+def prepare_clone(source: CloneSource, vc: VCenter, place: Place, ctx: Any = None) -> Plan:
     vm = vc.vm(source.vm or "")
     facts = vc.facts(vm)
     snapshots = vc.snapshots(vm)
@@ -146,7 +179,7 @@ def prepare_clone(source: CloneSource, vc: VCenter, place: Place) -> Plan:
                 facts.memory_mb, facts.memory_mb * 1024 * 1024, create)
 
 
-def prepare_register(source: RegisterSource, vc: VCenter, place: Place) -> Plan:
+def prepare_register(source: RegisterSource, vc: VCenter, place: Place, ctx: Any = None) -> Plan:
     modified = vc.file_mtime(place.datacenter, source.vmx)
     datastore = place.datastore or vc.datastore(place.datacenter, source.vmx[1:source.vmx.index("]")])
     compute = place.compute or vc.first_compute(place.datacenter)
@@ -161,7 +194,7 @@ def prepare_register(source: RegisterSource, vc: VCenter, place: Place) -> Plan:
                 0, 0, create)
 
 
-def prepare_adopt(source: AdoptSource, vc: VCenter, place: Place) -> Plan:
+def prepare_adopt(source: AdoptSource, vc: VCenter, place: Place, ctx: Any = None) -> Plan:
     matches = [(vm, name) for vm, name in vc.children(place.folder)
                if fnmatch.fnmatchcase(name, source.name) and not name.startswith(SANDBOX_PREFIX)]
     if not matches:
@@ -182,15 +215,23 @@ def prepare_adopt(source: AdoptSource, vc: VCenter, place: Place) -> Plan:
                 rpo_note="unknown: vCenter does not record which restore point the backup product restored")
 
 
-SOURCES: dict[str, tuple[type[Strict], Callable[[Any, VCenter, Place], Plan]]] = {
+def prepare_veeam_instant(source: VeeamInstantSource, vc: VCenter, place: Place, ctx: Any = None) -> Plan:
+    from drcheck.restore_tests.vm_veeam import prepare
+
+    return prepare(source, vc, place, ctx)
+
+
+SOURCES: dict[str, tuple[type[Strict], Callable[[Any, VCenter, Place, Any], Plan]]] = {
     "clone": (CloneSource, prepare_clone),
     "register": (RegisterSource, prepare_register),
     "adopt": (AdoptSource, prepare_adopt),
+    "veeam-instant": (VeeamInstantSource, prepare_veeam_instant),
 }
 
 SourceSpec = Annotated[Union[tuple(model for model, _ in SOURCES.values())], Field(discriminator="type")]
 
 
-def prepare(source: Any, vc: VCenter, place: Place) -> Plan:
-    """The plan of `source` (any registered model)."""
-    return SOURCES[source.type][1](source, vc, place)
+def prepare(source: Any, vc: VCenter, place: Place, ctx: Any = None) -> Plan:
+    """The plan of `source` (any registered model); `ctx` (the test's RunContext) for a
+    source that reads the configuration (the veeam probe of `veeam-instant`)."""
+    return SOURCES[source.type][1](source, vc, place, ctx)

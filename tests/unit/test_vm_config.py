@@ -43,7 +43,7 @@ def test_every_source_loads(builders, tmp_path, source):
 
 
 def test_the_sources_are_a_registry():
-    assert set(SOURCES) == {"clone", "register", "adopt"}
+    assert set(SOURCES) == {"clone", "register", "adopt", "veeam-instant"}
 
 
 @pytest.mark.parametrize("changes, words", [
