@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-DEMO_DEBS := restic borgbackup sqlite3 ca-certificates golang-go golang-github-vmware-govmomi-dev
+DEMO_DEBS := restic borgbackup sqlite3 ca-certificates golang-go golang-github-vmware-govmomi-dev dovecot-imapd
 TEST_DEBS := $(DEMO_DEBS) chromium fonts-dejavu-core
 
 .PHONY: demo test bench run clean system-python

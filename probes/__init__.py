@@ -10,4 +10,5 @@ REGISTRY: dict[str, str] = {
     "borg": "drcheck.probes.borg",
     "vmware": "drcheck.probes.vmware",
     "veeam": "drcheck.probes.veeam",
+    "barracuda": "drcheck.probes.barracuda",
 }

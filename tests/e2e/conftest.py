@@ -23,6 +23,7 @@ from drcheck.engine import run_probe, run_restore_test
 from drcheck.store import Store
 from tests.e2e.vcsim_fixtures import *  # noqa: F401,F403  (vcsim fixtures: vcsim_binary, make_vcenter, ...)
 from tests.e2e.veeam_fixtures import *  # noqa: F401,F403  (Veeam REST replay: make_veeam)
+from tests.e2e.imap_fixtures import *  # noqa: F401,F403  (Dovecot fixtures: imap_ca, make_imap)
 
 RESTIC = shutil.which("restic")
 requires_restic = pytest.mark.skipif(RESTIC is None, reason="restic is not installed (make test installs it)")
