@@ -10,7 +10,8 @@ With `--json FILE`, every figure is also written to FILE as a JSON list of
 rows to the file named by $DRCHECK_BENCH_ROWS, which this script sets and collects.
 
     .venv/bin/python bench/run_all.py [--layout nested|flat] [--mb 150] [--systems 10000]
-                                      [--history-days 30,365] [--vms 5000] [--json FILE]
+                                      [--history-days 30,365] [--vms 5000] [--veeam-vms 1000]
+                                      [--veeam-points 30] [--messages 10000] [--json FILE]
 """
 
 from __future__ import annotations
@@ -35,6 +36,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--systems", type=int, default=10_000, help="systems for bench_metrics.py")
     parser.add_argument("--history-days", default="30,365", help="store ages for bench_history.py")
     parser.add_argument("--vms", type=int, default=5000, help="VMs in the simulator for bench_vmware.py")
+    parser.add_argument("--veeam-vms", type=int, default=1000, help="VMs in the Veeam replay for bench_veeam.py")
+    parser.add_argument("--veeam-points", type=int, default=30, help="restore points per VM and copy for "
+                                                                     "bench_veeam.py")
+    parser.add_argument("--messages", type=int, default=10_000, help="report e-mails in the mailbox for "
+                                                                      "bench_barracuda.py")
     parser.add_argument("--json", type=Path, default=None, help="write every figure to this JSON file")
     args = parser.parse_args(argv)
 
@@ -43,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         ("metrics scrape", [HERE / "bench_metrics.py", "--systems", str(args.systems)]),
         ("history", [HERE / "bench_history.py", "--days", args.history_days]),
         ("vmware", [HERE / "bench_vmware.py", "--vms", str(args.vms)]),
+        ("veeam", [HERE / "bench_veeam.py", "--vms", str(args.veeam_vms), "--points", str(args.veeam_points)]),
+        ("barracuda", [HERE / "bench_barracuda.py", "--messages", str(args.messages)]),
     ]
     fd, rows_path = tempfile.mkstemp(prefix="drcheck-bench-rows-", suffix=".jsonl")
     os.close(fd)
