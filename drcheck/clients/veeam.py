@@ -302,6 +302,12 @@ def _time(value: Any) -> datetime | None:
     """Veeam's date-times (ISO 8601, 'Z' or an offset, up to 7 fraction digits)."""
     if not value:
         return None
+    try:  # Python 3.11 reads 'Z' and 7 fraction digits itself: the fast path for 60,000 points
+        parsed = datetime.fromisoformat(value)
+    except (TypeError, ValueError):
+        parsed = None
+    if parsed is not None and parsed.tzinfo is not None:
+        return parsed
     text = str(value).replace("Z", "+00:00")
     head, dot, tail = text.partition(".")
     if dot:
