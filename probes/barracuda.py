@@ -98,7 +98,7 @@ class BarracudaProbe(ProbeTarget):
     timezone: str | None = Field(None, description="IANA zone of times in message bodies (default: the zone of "
                                                    "each message's Date header)")
     call_timeout: Duration = Field(timedelta(seconds=60), description="limit of connecting and of every IMAP reply")
-    batch_size: int = Field(2000, ge=1, le=20000, description="messages per UID FETCH")
+    batch_size: int = Field(1000, ge=1, le=20000, description="messages per UID FETCH (two are pipelined)")
     max_unparsed_findings: int = Field(20, ge=1, description="unreadable messages named one finding each; more are "
                                                              "counted in one finding")
     systems: list[DataSourceRule] = Field(default_factory=list, description="data-source-to-system rules")

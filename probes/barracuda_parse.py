@@ -205,6 +205,7 @@ class Unparsable(Exception):
     """Why a message cannot be read (one line)."""
 
 
+_UTC = timezone.utc
 _MONTHS = {m: i for i, m in enumerate("jan feb mar apr may jun jul aug sep oct nov dec".split(), 1)}
 _DATE = re.compile(r"(\d{1,2})\s+([A-Za-z]{3})\s+(\d{4})\s+(\d{1,2}):(\d{2})(?::(\d{2}))?\s*([+-]\d{4})?")
 _SIZE = re.compile(r"([\d][\d,]*(?:\.\d+)?)\s*([KMGTP]?)(i?)B\b", re.I)
@@ -363,13 +364,14 @@ class Parser:
         return header, blocks
 
     def time(self, text: str, default_zone: tzinfo | None, suffix: str = "") -> datetime:
-        """A body time, aware (a time without a zone is in `zone`, else `default_zone`
+        """A body time in UTC (a time without a zone is in `zone`, else `default_zone`
         whose ISO offset is `suffix`, else UTC); raise Unparsable."""
         text = text.strip()
         try:
             if suffix and self.zone is None:
                 try:
-                    return datetime.fromisoformat(text + suffix)  # the common case, 10x faster than replace()
+                    # the common case: 4x faster than replace(); one UTC tzinfo makes comparisons 10x faster
+                    return datetime.fromisoformat(text + suffix).astimezone(_UTC)
                 except ValueError:
                     pass
             when = datetime.fromisoformat(text)
@@ -383,8 +385,8 @@ class Parser:
             else:
                 raise Unparsable(f"unreadable time {text!r}") from None
         if when.tzinfo is None:
-            when = when.replace(tzinfo=self.zone or default_zone or timezone.utc)
-        return when
+            when = when.replace(tzinfo=self.zone or default_zone or _UTC)
+        return when.astimezone(_UTC)
 
     def outcome(self, status: str) -> Outcome:
         outcome = self._outcomes.get(status)
@@ -411,13 +413,15 @@ class Parser:
             return Parsed(uid, "unparsed", "", None, reason=f"cannot decode the message: {type(exc).__name__}")
         subject = _decode_word(headers.get(b"subject", "")).strip()
         sent = parse_date_header(headers.get(b"date", ""))
+        zone = _zone(sent)  # of body times without one
+        sent = sent.astimezone(_UTC) if sent else None
         if self.sender and not self.sender.search(_decode_word(headers.get(b"from", ""))):
             return Parsed(uid, "ignored", subject, sent, reason="other sender")
         try:
             if self.report_subject.search(subject):
-                return self._report(uid, subject, sent, text)
+                return self._report(uid, subject, sent, zone, text)
             if self.alert_subject.search(subject):
-                return self._alert(uid, subject, sent, text)
+                return self._alert(uid, subject, sent, zone, text)
         except Unparsable as exc:
             return Parsed(uid, "unparsed", subject, sent, reason=str(exc))
         if self.ignore_subject and self.ignore_subject.search(subject):
@@ -446,12 +450,13 @@ class Parser:
                 self._computers[value] = known
         return known
 
-    def _report(self, uid: int, subject: str, sent: datetime | None, text: str) -> Parsed:
+    def _report(self, uid: int, subject: str, sent: datetime | None, zone: tuple[tzinfo | None, str],
+                text: str) -> Parsed:
         header, blocks = self.sections(text)
         appliance = self._appliance(header, subject)
         if not blocks:
             raise Unparsable("the report lists no data source")
-        zone, suffix = _zone(sent)
+        zone, suffix = zone
         offsite = self.offsite(header["offsite"]) if "offsite" in header else None
         runs = []
         for i, b in enumerate(blocks, 1):
@@ -471,7 +476,8 @@ class Parser:
                             b.get("error") or None))
         return Parsed(uid, "report", subject, sent, appliance=appliance, runs=tuple(runs), offsite_ok=offsite)
 
-    def _alert(self, uid: int, subject: str, sent: datetime | None, text: str) -> Parsed:
+    def _alert(self, uid: int, subject: str, sent: datetime | None, zone: tuple[tzinfo | None, str],
+               text: str) -> Parsed:
         header, blocks = self.sections(text)
         found = {**blocks[0], **header} if blocks else header
         appliance = self._appliance(found, subject)
@@ -487,7 +493,7 @@ class Parser:
             resolution = False
         if rule is None:
             raise Unparsable("an alert of no known kind")
-        zone, suffix = _zone(sent)
+        zone, suffix = zone
         when = self.time(found["time"], zone, suffix) if found.get("time") else sent
         if when is None:
             raise Unparsable("the alert has no time")
