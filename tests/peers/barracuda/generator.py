@@ -118,7 +118,7 @@ def report(appliance: str, schedule: str, runs: Sequence[SourceRun], *, sent: da
              f"Report Time: {_local(sent, tz)}"]
     if offsite is not None:
         lines.append(f"Offsite Replication: {offsite}")
-    for run, end in zip(runs, ends):
+    for run, end in zip(runs, ends, strict=True):
         lines += ["", RULE, f"Computer: {run.computer} ({run.type})", f"Data Source: {run.name}",
                   f"Status: {run.status}", f"Start Time: {_local(run.start, tz)}"]
         if run.status != FAILED:
