@@ -219,7 +219,10 @@ def mailbox(target: BarracudaProbe, ctx: "RunContext") -> ProbeResult:
     _report_state(target, ctx, state, parser, result)
     result.details = {**state.dump(), "run": {**run, **counts}}
     result.reason = _summary(run, counts, state)
-    return result.conclude(ctx)
+    result.conclude(ctx)
+    if result.status is Status.FAILED:  # an appliance's alert is a finding for each of its systems: say it once
+        result.reason = "; ".join(dict.fromkeys(f.message for f in result.findings if f.severity is Severity.CRITICAL))
+    return result
 
 
 def _uids(text: str) -> list[int]:

@@ -210,7 +210,7 @@ class State:
                 if kind:
                     source.type = kind
             if outcome == "failed":
-                self._raise("job_failed", parsed, appliance, key, name, start, f"backup of {name} {status.lower()}",
+                self._raise("job_failed", parsed, appliance, key, name, start, f"backup {status.lower()}",
                             error or "")
                 continue
             _point(source, LOCAL, run, uid)
@@ -220,7 +220,7 @@ class State:
                 if source.last_clean is None or start > source.last_clean:
                     source.last_clean = start
             else:
-                self._raise("job_warning", parsed, appliance, key, name, start, f"backup of {name} {status.lower()}",
+                self._raise("job_warning", parsed, appliance, key, name, start, f"backup {status.lower()}",
                             error or "")
             if offsite_ok:
                 _point(source, OFFSITE, run, uid)
