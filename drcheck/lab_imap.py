@@ -163,6 +163,7 @@ class Dovecot:
             "disable_plaintext_auth = yes",
             f"mail_location = maildir:{w}/mail/%u",
             "mail_fsync = never",
+            "maildir_very_dirty_syncs = yes",  # only Dovecot changes cur/ (deliveries go to new/)
             "auth_failure_delay = 0",
             "passdb {",
             "  driver = passwd-file",
