@@ -30,7 +30,8 @@ from drcheck.clients import SourceError
 from drcheck.config_types import ConfigPath, Duration, Name, SecretSpec, Strict
 from drcheck.kinds import ActionConfig, ProbeTarget
 from drcheck.probes.barracuda_lab import LabMailbox
-from drcheck.probes.barracuda_parse import Parser, ParsingRules, glob_match, is_glob
+from drcheck.probes.barracuda_parse import Parser
+from drcheck.probes.barracuda_rules import ParsingRules, glob_match, is_glob
 from drcheck.probes.barracuda_state import LOCAL, OFFSITE, Source, State, point_id, size_of
 from drcheck.results import Finding, InventoryAsset, ProbeResult, RestorePoint, Severity, Status
 

@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Iterator
 
-from drcheck.probes.barracuda_parse import Parsed, parse_size
+from drcheck.probes.barracuda_mail import parse_size
+from drcheck.probes.barracuda_parse import Parsed
 
 VERSION = 1
 LOCAL, OFFSITE = "local", "offsite"  # the appliance copy and its replication

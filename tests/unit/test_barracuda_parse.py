@@ -9,14 +9,9 @@ from zoneinfo import ZoneInfo
 import pytest
 from pydantic import ValidationError
 
-from drcheck.probes.barracuda_parse import (
-    Parser,
-    ParsingRules,
-    message_text,
-    parse_date_header,
-    parse_size,
-    strip_html,
-)
+from drcheck.probes.barracuda_mail import message_text, parse_date_header, parse_size, strip_html
+from drcheck.probes.barracuda_parse import Parser
+from drcheck.probes.barracuda_rules import ParsingRules
 from tests.peers.barracuda import generator as g
 
 NOW = datetime(2026, 11, 23, 15, 0, tzinfo=timezone.utc)

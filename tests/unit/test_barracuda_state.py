@@ -10,7 +10,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from drcheck.probes.barracuda_parse import Parser, ParsingRules
+from drcheck.probes.barracuda_parse import Parser
+from drcheck.probes.barracuda_rules import ParsingRules
 from drcheck.probes.barracuda_state import LOCAL, OFFSITE, State
 from tests.peers.barracuda import generator as g
 
