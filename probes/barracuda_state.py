@@ -2,8 +2,8 @@
 in the `details` of the probe's latest successful run and carried forward by each run.
 
 Contract:
-- `State.load(details, folder)` reads a previous run's details (anything unreadable or of
-  another folder or version is a fresh state, `fresh_reason` saying why); `dump()` writes
+- `State.load(details, origin)` reads a previous run's details (anything unreadable, or of
+  another mailbox, folder or version is a fresh state, `fresh_reason` saying why); `dump()` writes
   the whole state back as JSON-able details. The store records it atomically with the
   run, so a run that dies leaves the previous state (and its cursor) in force.
 - `apply(parsed)` folds one message in. Every fact is kept as a maximum (newest backup per
