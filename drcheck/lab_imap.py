@@ -3,11 +3,15 @@ server the Barracuda tests, the demo and the benchmark read report e-mails from.
 
 Everything lives in one work directory: the configuration, a passwd-file of users, the
 maildirs (`mail/<user>/`, folders as Maildir++ `.Name/`), the log, and a fresh state
-directory for every start; its sockets in a fresh short-named base directory under the
-system's temp directory (a socket path must fit 108 bytes; a directory a previous
-instance left behind can hold sockets a new start cannot reuse), removed at stop. TLS uses a certificate from a test CA
-(`drcheck.lab_vcsim.make_test_ca`); the IMAPS port speaks TLS at once, the IMAP port offers
-STARTTLS (and refuses plain-text logins before it).
+directory for every start. The sockets live in a fresh short-named base directory under
+the system's temp directory, removed at stop (a socket path must fit 108 bytes, and a
+directory a previous instance left behind can hold sockets a new start cannot reuse).
+TLS uses a certificate from a test CA (`drcheck.lab_vcsim.make_test_ca`); the IMAPS port
+speaks TLS at once, the IMAP port offers STARTTLS (and refuses plain-text logins before it).
+
+Run as root (the test machines), Dovecot refuses to run its login and mail processes as
+root: they run as Debian's `dovenull` and `dovecot` accounts, which then own the maildirs,
+and the work directory's ancestors get the search bit (x, never read) for others.
 
 Messages are delivered the way an MTA does it: written to `tmp/`, renamed into `new/`.
 Dovecot gives them UIDs, in file-name order, when a client next opens the folder.
@@ -163,6 +167,7 @@ class Dovecot:
             "disable_plaintext_auth = yes",
             f"mail_location = maildir:{w}/mail/%u",
             "mail_fsync = never",
+            "maildir_very_dirty_syncs = yes",  # only Dovecot changes cur/ (deliveries go to new/)
             "auth_failure_delay = 0",
             "passdb {",
             "  driver = passwd-file",

@@ -30,7 +30,8 @@ from drcheck.clients import SourceError
 from drcheck.config_types import ConfigPath, Duration, Name, SecretSpec, Strict
 from drcheck.kinds import ActionConfig, ProbeTarget
 from drcheck.probes.barracuda_lab import LabMailbox
-from drcheck.probes.barracuda_parse import Parser, ParsingRules, glob_match, is_glob
+from drcheck.probes.barracuda_parse import Parser
+from drcheck.probes.barracuda_rules import ParsingRules, glob_match, is_glob
 from drcheck.probes.barracuda_state import LOCAL, OFFSITE, Source, State, point_id, size_of
 from drcheck.results import Finding, InventoryAsset, ProbeResult, RestorePoint, Severity, Status
 
@@ -98,7 +99,7 @@ class BarracudaProbe(ProbeTarget):
     timezone: str | None = Field(None, description="IANA zone of times in message bodies (default: the zone of "
                                                    "each message's Date header)")
     call_timeout: Duration = Field(timedelta(seconds=60), description="limit of connecting and of every IMAP reply")
-    batch_size: int = Field(2000, ge=1, le=20000, description="messages per UID FETCH")
+    batch_size: int = Field(1000, ge=1, le=20000, description="messages per UID FETCH (two are pipelined)")
     max_unparsed_findings: int = Field(20, ge=1, description="unreadable messages named one finding each; more are "
                                                              "counted in one finding")
     systems: list[DataSourceRule] = Field(default_factory=list, description="data-source-to-system rules")
@@ -169,7 +170,7 @@ def mailbox(target: BarracudaProbe, ctx: "RunContext") -> ProbeResult:
     """Read the messages that arrived since the last recorded run and report the current
     state (see the module docstring). An unreachable server, refused login, untrusted
     certificate, timeout or missing folder is an ERROR result that records no state."""
-    from drcheck.clients.imap import open_mailbox, uid_set
+    from drcheck.clients.imap import open_mailbox
 
     result = ProbeResult.begin(ctx, target, "mailbox")
     state = previous_state(ctx, target)
@@ -196,19 +197,7 @@ def mailbox(target: BarracudaProbe, ctx: "RunContext") -> ProbeResult:
                 state.pending_move = ""
             elif target.move_to and state.pending_move:
                 run["moved"] = _move(box, state, target, result)
-            uids = box.uids_after(state.last_uid)
-            moved: list[int] = []
-            for batch in box.fetch(uids, batch=target.batch_size):
-                for message in batch:
-                    parsed = parser.parse(message.uid, message.raw)
-                    state.apply(parsed)
-                    counts[parsed.kind] += 1
-                    if parsed.kind in ("report", "alert") or parsed.reason == "notice":
-                        moved.append(message.uid)
-                run["read"] += len(batch)
-                ctx.progress("reading messages", run["read"], len(uids))
-            if target.move_to:
-                state.pending_move = uid_set(moved + _uids(state.pending_move))
+            _read_new(box, state, parser, target, ctx, counts, run)
             if state.unparsed:  # shown while they stay in the folder
                 present = box.present(state.unparsed)
                 state.unparsed = {uid: info for uid, info in state.unparsed.items() if uid in present}
@@ -219,7 +208,31 @@ def mailbox(target: BarracudaProbe, ctx: "RunContext") -> ProbeResult:
     _report_state(target, ctx, state, parser, result)
     result.details = {**state.dump(), "run": {**run, **counts}}
     result.reason = _summary(run, counts, state)
-    return result.conclude(ctx)
+    result.conclude(ctx)
+    if result.status is Status.FAILED:  # an appliance's alert is a finding for each of its systems: say it once
+        result.reason = "; ".join(dict.fromkeys(f.message for f in result.findings if f.severity is Severity.CRITICAL))
+    return result
+
+
+def _read_new(box, state: State, parser: Parser, target: BarracudaProbe, ctx: "RunContext",
+              counts: dict[str, int], run: dict[str, Any]) -> None:
+    """Fold every message above the cursor into `state`, in UID order; with `move_to`,
+    note the reports, alerts and notices read, for the next run to move."""
+    from drcheck.clients.imap import uid_set
+
+    uids = box.uids_after(state.last_uid)
+    read: list[int] = []
+    for batch in box.fetch(uids, batch=target.batch_size):
+        for message in batch:
+            parsed = parser.parse(message.uid, message.raw)
+            state.apply(parsed)
+            counts[parsed.kind] += 1
+            if parsed.kind in ("report", "alert") or parsed.reason == "notice":
+                read.append(message.uid)
+        run["read"] += len(batch)
+        ctx.progress("reading messages", run["read"], len(uids))
+    if target.move_to:
+        state.pending_move = uid_set(read + _uids(state.pending_move))
 
 
 def _uids(text: str) -> list[int]:

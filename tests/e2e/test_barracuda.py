@@ -332,3 +332,64 @@ def test_the_cli_probe_shows_a_missed_backup(lab):
     probed = lab.cli("probe", "mail")
     assert probed.returncode == 1, probed.stdout + probed.stderr
     assert "R2.backup_age" in probed.stdout and "finance" in probed.stdout
+
+
+def test_barracuda_backups_protect_the_vcenters_vms(lab, make_vcenter, vcsim_ca):
+    """Rule R3 counts the mailbox's backup assets for the simulated vCenter's VMs: by VM
+    name for VMware data sources, by host name for agent backups."""
+    vm = {"folder": "DC0/vm/Servers", "cluster": "DC0_C0", "datastore": "LocalDS_0", "power": "on"}
+    sim = make_vcenter(tls=vcsim_ca, scenario={"folders": ["DC0/vm/Servers"], "vms": [
+        {**vm, "name": "sis-db01"}, {**vm, "name": "finance-app01"},
+        {**vm, "name": "FILES01", "hostname": "files01.district.local"}, {**vm, "name": "kiosk"}]})
+    (lab.root / "vc-password").write_text(sim.password + "\n")
+    lab.configure(probes={"vc": {"kind": "vmware", "url": sim.url, "username": sim.username,
+                                 "password": {"file": str(lab.root / "vc-password")}, "ca_bundle": str(vcsim_ca.ca),
+                                 "call_timeout": "10s", "default_rpo": "1d"}})
+    lab.nights(4, silent={"finance-app01"}, silent_days=3)  # finance-app01: last backed up 4 nights ago
+    loaded = load(lab.config_path)
+    with Store(loaded.database_path) as store:
+        assert run_probe(loaded, store, "mail", "mailbox").status is Status.OK
+        assert run_probe(loaded, store, "vc", "inventory").status is Status.OK
+        verdicts = {r.subject.rsplit("/", 1)[-1]: r for r in evaluate(loaded, store, utc())
+                    if r.rule == "R3.vm_protected"}
+    assert verdicts["sis-db01"].passed and verdicts["FILES01"].passed
+    assert not verdicts["finance-app01"].passed and "over its RPO 1d" in verdicts["finance-app01"].message
+    assert not verdicts["kiosk"].passed and "no restore point in any copy" in verdicts["kiosk"].message
+
+
+def test_the_demo_peer_serves_a_mailbox_with_one_silent_data_source(tmp_path):
+    from drcheck.kinds import LabPeer, probe_module
+    from drcheck.lab_imap import free_port
+
+    (tmp_path / "runbooks").mkdir()
+    for system in ("sis", "finance"):
+        (tmp_path / "runbooks" / f"{system}.toml").write_text(tomli_w.dumps({**RUNBOOK, "name": system}))
+    lab_dir = tmp_path / "var" / "lab" / "mail"
+    config = tmp_path / "drcheck.toml"
+    config.write_text(tomli_w.dumps({
+        "agent": {"state_dir": "state", "sandbox_root": "sandbox"}, "metrics": {"enabled": False},
+        "sites": {"office": {}, "cloud": {}}, "copies": {"appliance": {"site": "office"}, "cloud": {"site": "cloud"}},
+        "probes": {"mail": {"kind": "barracuda", "copy": "appliance", "offsite_copy": "cloud", "host": "127.0.0.1",
+                            "port": free_port(), "username": "reports", "password": {"file": str(lab_dir / "password")},
+                            "ca_bundle": str(lab_dir / "ca.pem"), "move_to": "Processed",
+                            "systems": [{"system": "sis", "data_sources": ["sis-db*"]},
+                                        {"system": "finance", "data_sources": ["finance-app01"]}]}}}))
+    loaded = load(config)
+    peer = probe_module("barracuda").lab_peer(loaded.config.probes["mail"], loaded)
+    assert isinstance(peer, LabPeer)
+    assert all(lab_dir in [p, *p.parents] for p in peer.owned_paths())
+    peer.init()
+    peer.start()
+    try:
+        with Store(loaded.database_path) as store:
+            result = run_probe(loaded, store, "mail", "mailbox")
+            assert result.status is Status.OK, result.reason
+            verdicts = {(r.system, r.subject): r for r in evaluate(loaded, store, utc()) if r.rule == "R2.backup_age"}
+    finally:
+        peer.stop()
+    assert {(p.system, p.copy) for p in result.newest} == {(s, c) for s in ("sis", "finance")
+                                                           for c in ("appliance", "cloud")}
+    assert verdicts[("sis", "appliance")].passed and verdicts[("sis", "cloud")].passed
+    assert not verdicts[("finance", "appliance")].passed  # the last data source named went silent
+    assert result.details["run"]["report"] == 4 and result.details["run"]["alert"] == 2
+    assert result.findings == []  # the offline alert was ended by the online one
