@@ -12,18 +12,16 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import socket
 import ssl
 import subprocess
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+
+from drcheck.lab_process import LabProcess
 
 GO_PACKAGE = "tests/peers/vcsim"
 SYSTEM_GOPATH = "/usr/share/gocode"  # Debian's golang-github-vmware-govmomi-dev lives here
@@ -180,12 +178,15 @@ def _fast_tmp(fallback: Path) -> Path:
     return fallback
 
 
-class Simulator:
+class Simulator(LabProcess):
     """One simulator process: a context manager; `start()` returns when it is ready.
 
     The first start lets the simulator pick free ports (no race with other processes) and
     reads them from its ready lines; `restart()` starts a new process (nothing kept) on the
     same ports, so a client's URL stays valid. `stop()` always ends the process."""
+
+    name, log_name, ready_prefix = "vcsim", "vcsim", READY_PREFIX
+    error, control_error = VcsimError, VcsimControlError
 
     def __init__(self, workdir: Path, *, scenario: dict | None = None, dc: int = 1, cluster: int = 1,
                  host: int = 2, ds: int = 1, vm: int = 0, delay_ms: int = 0, boot_delay: str = "1s",
@@ -225,20 +226,12 @@ class Simulator:
     # -- lifecycle ----------------------------------------------------------------------
 
     @property
-    def stderr_path(self) -> Path:
-        return self.workdir / "vcsim.stderr"
-
-    @property
     def host(self) -> str:
         return "127.0.0.1"
 
     @property
     def port(self) -> int:
         return self._port
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
 
     def command(self) -> list[str]:
         """The command line the next start runs."""
@@ -259,45 +252,14 @@ class Simulator:
         if self.running:
             return self
         self.workdir.mkdir(parents=True, exist_ok=True)
-        args = self.command()
-        began = time.monotonic()
         self.datastore_root = Path(tempfile.mkdtemp(prefix="drcheck-vcsim-", dir=_fast_tmp(self.workdir)))
-        env = {**os.environ, "TMPDIR": str(self.datastore_root)}  # the library makes its datastores there
-        self._stderr_file = open(self.stderr_path, "ab")
-        self._lines = []
-        self._proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, env=env,
-                                      stderr=self._stderr_file, cwd=self.workdir, start_new_session=True)
-        self._reader = threading.Thread(target=self._read_stdout, args=(self._proc,), daemon=True)
-        self._reader.start()
-        try:
-            self._wait_ready(began)
-        except BaseException:
-            self.stop()
-            raise
+        began = self._spawn()
         self.startup_seconds = time.monotonic() - began
         self.thumbprint = certificate_thumbprint(self.host, self._port) if self.url.startswith("https") else ""
         return self
 
-    def _read_stdout(self, proc: subprocess.Popen) -> None:
-        assert proc.stdout is not None
-        for raw in proc.stdout:
-            self._lines.append(raw.decode(errors="replace").rstrip("\n"))
-
-    def _wait_ready(self, began: float) -> None:
-        while True:
-            for line in list(self._lines):
-                if line.startswith(CONTROL_PREFIX):
-                    self.control_url = line[len(CONTROL_PREFIX):].strip()
-                if line.startswith(READY_PREFIX):
-                    self._ready(line)
-                    return
-            assert self._proc is not None
-            if self._proc.poll() is not None:
-                raise VcsimError(f"vcsim exited with status {self._proc.returncode} before it was ready:\n"
-                                 f"{self.stderr_tail()}")
-            if time.monotonic() - began > self.start_timeout:
-                raise VcsimError(f"vcsim was not ready after {self.start_timeout:.0f} s:\n{self.stderr_tail()}")
-            time.sleep(0.02)
+    def _environment(self) -> dict[str, str]:
+        return {**os.environ, "TMPDIR": str(self.datastore_root)}  # the library makes its datastores there
 
     def _ready(self, line: str) -> None:
         from urllib.parse import urlsplit
@@ -308,74 +270,11 @@ class Simulator:
         if self.control_url:
             self._control_port = urlsplit(self.control_url).port or 0
 
-    def stderr_tail(self, lines: int = 30) -> str:
-        """The last lines the simulator wrote to stderr (its log)."""
-        try:
-            text = self.stderr_path.read_text(errors="replace")
-        except OSError:
-            return "(no stderr)"
-        return "\n".join(text.splitlines()[-lines:]) or "(stderr is empty)"
-
-    def stop(self) -> None:
-        """End the process (SIGTERM, then SIGKILL after 10 s); safe to call twice."""
-        proc, self._proc = self._proc, None
-        if proc is not None:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(timeout=10)
-            if proc.stdout is not None:
-                proc.stdout.close()
-        if self._reader is not None:
-            self._reader.join(timeout=5)
-            self._reader = None
-        if self._stderr_file is not None:
-            self._stderr_file.close()
-            self._stderr_file = None
+    def _stopped(self) -> None:
         if self.datastore_root is not None:
             # The simulator removes its datastores on SIGTERM, not when killed: make sure.
             shutil.rmtree(self.datastore_root, ignore_errors=True)
             self.datastore_root = None
-
-    def restart(self) -> "Simulator":
-        """A new process on the same ports: the inventory is rebuilt, nothing else is kept."""
-        self.stop()
-        return self.start()
-
-    def __enter__(self) -> "Simulator":
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    # -- control API --------------------------------------------------------------------
-
-    def control(self, path: str, payload: dict | None = None, timeout: float = 30) -> Any:
-        """Call the control API: GET without payload, POST with it. Returns the decoded JSON;
-        raises VcsimControlError on an error status."""
-        if not self.control_url:
-            raise VcsimError("the simulator is not running")
-        data = None if payload is None else json.dumps(payload).encode()
-        request = urllib.request.Request(self.control_url + "/" + path.lstrip("/"), data=data,
-                                         method="GET" if payload is None else "POST",
-                                         headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                return json.loads(response.read() or b"null")
-        except urllib.error.HTTPError as err:
-            body = err.read().decode(errors="replace")
-            try:
-                message = json.loads(body).get("error", body)
-            except (ValueError, AttributeError):
-                message = body
-            raise VcsimControlError(err.code, message) from None
-
-    def outage(self, mode: str) -> None:
-        """`refuse` (connections closed without a response), `hang` or `none`."""
-        self.control("/outage", {"mode": mode})
 
     def power_log(self) -> list[dict]:
         """Every power-on so far, with the NIC states at that moment."""

@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
+
+from drcheck.lab_process import LabProcess
 
 from drcheck.lab_vcsim import TestCA, project_root
 
@@ -42,7 +40,7 @@ class VeeamControlError(VeeamReplayError):
         self.message = message
 
 
-class VeeamReplay:
+class VeeamReplay(LabProcess):
     """One replay process: a context manager; `start()` returns when it is ready.
 
     The first start binds free ports (port 0) and reads them from the ready lines; `restart()`
@@ -50,6 +48,9 @@ class VeeamReplay:
     SIGKILL after 10 s) and is safe to call twice. `scenario` is the JSON scenario (a dict);
     `tls` a `drcheck.lab_vcsim.TestCA` (None: plain HTTP, for tests of a misconfigured client).
     """
+
+    name, log_name, ready_prefix = "the Veeam replay", "veeam", READY_PREFIX
+    error, control_error = VeeamReplayError, VeeamControlError
 
     def __init__(self, workdir: Path, *, scenario: dict | None = None, tls: TestCA | None = None,
                  username: str = "drcheck", password: str = "lab-secret", token_lifetime: float = 900,
@@ -76,16 +77,8 @@ class VeeamReplay:
     # -- lifecycle ----------------------------------------------------------------------
 
     @property
-    def stderr_path(self) -> Path:
-        return self.workdir / "veeam.stderr"
-
-    @property
     def port(self) -> int:
         return self._port
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
 
     def command(self) -> list[str]:
         path = self.workdir / "veeam-scenario.json"
@@ -107,110 +100,17 @@ class VeeamReplay:
             return self
         if not self.server_path.is_file():
             raise VeeamReplayError(f"no replay server at {self.server_path} (it lives in the source tree)")
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        args = self.command()
-        began = time.monotonic()
-        self._stderr_file = open(self.stderr_path, "ab")
-        self._lines = []
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self._proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, env=env,
-                                      stderr=self._stderr_file, cwd=self.workdir, start_new_session=True)
-        self._reader = threading.Thread(target=self._read_stdout, args=(self._proc,), daemon=True)
-        self._reader.start()
-        try:
-            self._wait_ready(began)
-        except BaseException:
-            self.stop()
-            raise
+        self._spawn()
         return self
 
-    def _read_stdout(self, proc: subprocess.Popen) -> None:
-        assert proc.stdout is not None
-        for raw in proc.stdout:
-            self._lines.append(raw.decode(errors="replace").rstrip("\n"))
+    def _environment(self) -> dict[str, str]:
+        return {**os.environ, "PYTHONUNBUFFERED": "1"}
 
-    def _wait_ready(self, began: float) -> None:
+    def _ready(self, line: str) -> None:
         from urllib.parse import urlsplit
 
-        while True:
-            for line in list(self._lines):
-                if line.startswith(CONTROL_PREFIX):
-                    self.control_url = line[len(CONTROL_PREFIX):].strip()
-                    self._control_port = urlsplit(self.control_url).port or 0
-                if line.startswith(READY_PREFIX):
-                    self.url = line[len(READY_PREFIX):].strip()
-                    self._port = urlsplit(self.url).port or 0
-                    return
-            assert self._proc is not None
-            if self._proc.poll() is not None:
-                raise VeeamReplayError(f"the Veeam replay exited with status {self._proc.returncode} before it was "
-                                       f"ready:\n{self.stderr_tail()}")
-            if time.monotonic() - began > self.start_timeout:
-                raise VeeamReplayError(f"the Veeam replay was not ready after {self.start_timeout:.0f} s:\n"
-                                       f"{self.stderr_tail()}")
-            time.sleep(0.02)
-
-    def stderr_tail(self, lines: int = 30) -> str:
-        try:
-            text = self.stderr_path.read_text(errors="replace")
-        except OSError:
-            return "(no stderr)"
-        return "\n".join(text.splitlines()[-lines:]) or "(stderr is empty)"
-
-    def stop(self) -> None:
-        proc, self._proc = self._proc, None
-        if proc is not None:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(timeout=10)
-            if proc.stdout is not None:
-                proc.stdout.close()
-        if self._reader is not None:
-            self._reader.join(timeout=5)
-            self._reader = None
-        if self._stderr_file is not None:
-            self._stderr_file.close()
-            self._stderr_file = None
-
-    def restart(self) -> "VeeamReplay":
-        """A new process on the same ports (tokens and mounts are not kept)."""
-        self.stop()
-        return self.start()
-
-    def __enter__(self) -> "VeeamReplay":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    # -- control API --------------------------------------------------------------------
-
-    def control(self, path: str, payload: Any = None, timeout: float = 30) -> Any:
-        """GET `path` (payload None) or POST it as JSON; the decoded answer. Raises
-        VeeamControlError on an error status."""
-        if not self.control_url:
-            raise VeeamReplayError("the replay is not started")
-        data = None if payload is None else json.dumps(payload).encode()
-        req = urllib.request.Request(self.control_url + path, data=data, method="GET" if data is None else "POST",
-                                     headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
-                return json.loads(resp.read())
-        except urllib.error.HTTPError as err:
-            body = err.read().decode(errors="replace")
-            try:
-                message = json.loads(body).get("error", body)
-            except (ValueError, AttributeError):
-                message = body
-            raise VeeamControlError(err.code, message) from None
-
-    def outage(self, mode: str) -> None:
-        """`refuse` (connections closed without a response), `hang` or `none`."""
-        self.control("/outage", {"mode": mode})
+        self.url = line[len(READY_PREFIX):].strip()
+        self._port = urlsplit(self.url).port or 0
 
     def set_scenario(self, scenario: dict) -> dict:
         """Replace the scenario (ages are counted from now); tokens and mounts are kept."""
