@@ -19,6 +19,21 @@ from typing import Any
 CONTROL_PREFIX = "CONTROL="
 
 
+class LabError(RuntimeError):
+    """A lab peer could not be built, started or reached."""
+
+
+class LabControlError(LabError):
+    """A lab peer's control API answered with an error status; `status` is the HTTP code."""
+
+    service = "lab peer"
+
+    def __init__(self, status: int, message: str):
+        super().__init__(f"{self.service} control API: HTTP {status}: {message}")
+        self.status = status
+        self.message = message
+
+
 class LabProcess:
     """One process of a lab peer. It prints `CONTROL=<url>` (its control API) and then a
     line starting with `ready_prefix` when it serves; `_ready(line)` reads that line.
@@ -27,8 +42,8 @@ class LabProcess:
 
     name = "lab process"
     ready_prefix = ""
-    error: type[Exception] = RuntimeError
-    control_error: Any = None
+    error: type[Exception] = LabError
+    control_error: type[LabControlError] = LabControlError
 
     workdir: Path
     start_timeout: float

@@ -21,25 +21,21 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from drcheck.lab_process import LabProcess
+from drcheck.lab_process import LabControlError, LabError, LabProcess
 
 GO_PACKAGE = "tests/peers/vcsim"
 SYSTEM_GOPATH = "/usr/share/gocode"  # Debian's golang-github-vmware-govmomi-dev lives here
 READY_PREFIX = "export GOVC_URL="
-CONTROL_PREFIX = "CONTROL="
 
 
-class VcsimError(RuntimeError):
+class VcsimError(LabError):
     """The simulator could not be built, started or reached."""
 
 
-class VcsimControlError(VcsimError):
+class VcsimControlError(LabControlError, VcsimError):
     """The control API answered with an error status; `status` is the HTTP code."""
 
-    def __init__(self, status: int, message: str):
-        super().__init__(f"vcsim control API: HTTP {status}: {message}")
-        self.status = status
-        self.message = message
+    service = "vcsim"
 
 
 def project_root() -> Path:

@@ -17,27 +17,23 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from drcheck.lab_process import LabProcess
+from drcheck.lab_process import LabControlError, LabError, LabProcess
 
 from drcheck.lab_vcsim import TestCA, project_root
 
 SERVER = "tests/peers/veeam/server.py"
 READY_PREFIX = "VEEAM_URL="
-CONTROL_PREFIX = "CONTROL="
 API_VERSION = "1.1-rev1"
 
 
-class VeeamReplayError(RuntimeError):
+class VeeamReplayError(LabError):
     """The replay could not be started or reached."""
 
 
-class VeeamControlError(VeeamReplayError):
+class VeeamControlError(LabControlError, VeeamReplayError):
     """The control API answered with an error status; `status` is the HTTP code."""
 
-    def __init__(self, status: int, message: str):
-        super().__init__(f"veeam replay control API: HTTP {status}: {message}")
-        self.status = status
-        self.message = message
+    service = "veeam replay"
 
 
 class VeeamReplay(LabProcess):
