@@ -145,9 +145,9 @@ def build(work: Path, systems: int, probes: int):
                 probe=r["probe"], kind="restic", action=r["action"], status=Status(r["status"]),
                 started_at=parse_ts(r["started_at"]), finished_at=parse_ts(r["finished_at"]), copy=COPY,
                 newest=[RestorePoint(system=p["system"], copy=COPY, point_time=parse_ts(p["point_time"]),
-                                     point_id=p["point_id"], host=p["host"], paths=(f"/srv/{p['system']}",))
+                                     point_id=p["point_id"], host=p["host"], paths=(f"/srv/{p['system']}",),
+                                     count=p["point_count"])
                         for p in listed],
-                point_counts={p["system"]: p["point_count"] for p in listed},
                 findings=[Finding(Severity(f["severity"]), f["code"], f["message"], f["system"])
                           for f in findings_of.get(r["id"], [])]))
         for t in test_rows:

@@ -161,7 +161,7 @@ def probe(state: State, name: str, action: str | None, as_json: bool, timeout: f
         for p in result.newest:
             age = (result.started_at - p.point_time).total_seconds()
             table.add_row(p.system, p.copy, local(loaded, p.point_time), format_duration(age),
-                          str(result.point_counts.get(p.system, "")))
+                          "" if p.count is None else str(p.count))
         if result.newest:
             out.print(table)
         for f in result.findings:
@@ -409,7 +409,7 @@ def _probe_json(result) -> dict:
         "copy": result.copy, "started_at": result.started_at.isoformat(),
         "duration_seconds": round(result.duration_seconds, 3),
         "restore_points": [{"system": p.system, "copy": p.copy, "point_time": p.point_time.isoformat(),
-                            "point_id": p.point_id, "count": result.point_counts.get(p.system)}
+                            "point_id": p.point_id, "count": p.count}
                            for p in result.newest],
         "findings": [{"severity": f.severity.value, "code": f.code, "system": f.system, "message": f.message}
                      for f in result.findings],

@@ -46,7 +46,8 @@ class Severity(str, enum.Enum):
 
 @dataclass(frozen=True)
 class RestorePoint:
-    """One restorable point in time of one system in one copy."""
+    """One restorable point in time of one system in one copy; `count` is how many points
+    the system has in that copy, when the kind knows."""
 
     system: str
     copy: str
@@ -56,6 +57,7 @@ class RestorePoint:
     status: str = "ok"
     host: str | None = None
     paths: tuple[str, ...] = ()
+    count: int | None = None
 
 
 @dataclass(frozen=True)
@@ -103,8 +105,8 @@ class InventoryAsset:
 
 @dataclass
 class ProbeResult:
-    """What one probe run found. `newest` holds the newest point per system in this copy;
-    `point_counts` how many points each system has."""
+    """What one probe run found. `newest` holds the newest point per system and copy (the
+    probe's own `copy`, and further copies for kinds that see several), each with its count."""
 
     probe: str
     kind: str
@@ -115,7 +117,6 @@ class ProbeResult:
     reason: str = ""
     copy: str | None = None
     newest: list[RestorePoint] = field(default_factory=list)
-    point_counts: dict[str, int] = field(default_factory=dict)
     findings: list[Finding] = field(default_factory=list)
     assets: list[InventoryAsset] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
@@ -123,6 +124,16 @@ class ProbeResult:
     @property
     def duration_seconds(self) -> float:
         return (self.finished_at - self.started_at).total_seconds()
+
+    @property
+    def point_counts(self) -> dict[str, int]:
+        """System -> how many points it has in the probe's own copy (in another copy when
+        the system is not in its own)."""
+        counts: dict[str, int] = {}
+        for p in self.newest:
+            if p.count is not None and (p.copy == self.copy or p.system not in counts):
+                counts[p.system] = p.count
+        return counts
 
     @classmethod
     def begin(cls, ctx, target, action: str) -> "ProbeResult":

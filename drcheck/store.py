@@ -194,7 +194,7 @@ class Store(LeaseStore):
     @staticmethod
     def _point_row(result: ProbeResult, p, run_id: int, now: str) -> list:
         return [run_id, result.probe, p.system, p.copy, ts(p.point_time), p.point_id, p.size_bytes, p.status,
-                p.host, json.dumps(list(p.paths)), result.point_counts.get(p.system), now]
+                p.host, json.dumps(list(p.paths)), p.count, now]
 
     def _update_points(self, result: ProbeResult, run_id: int, now: str, confirmed: str) -> None:
         conn = self.db.conn
@@ -206,7 +206,7 @@ class Store(LeaseStore):
                 [result.probe])
         }
         for p in result.newest:
-            count = result.point_counts.get(p.system)
+            count = p.count
             known = current.pop((p.system, p.copy), None)
             if known is not None and known[1] == p.point_id and known[2] == p.status:
                 if known[3] != count:

@@ -273,9 +273,6 @@ def _report_state(target: BarracudaProbe, ctx: "RunContext", state: State, parse
             point = _system_point(system, role, copy, rules, matched)
             if point is not None:
                 result.newest.append(point)
-        counts = [s.points[LOCAL].count for _, s in matched if LOCAL in s.points]
-        if counts:
-            result.point_counts[system] = sum(counts)
     for key, source in sorted(state.sources.items()):
         for role, copy in copies:
             if role in source.points:
@@ -291,8 +288,8 @@ def _report_state(target: BarracudaProbe, ctx: "RunContext", state: State, parse
 
 def _system_point(system: str, role: str, copy: str, rules: list[DataSourceRule],
                   matched: list[tuple[str, Source]]) -> RestorePoint | None:
-    """The system's point in a copy: its stalest data source's newest backup there; none
-    while an expected data source has none."""
+    """The system's point in a copy: its stalest data source's newest backup there, with
+    the backups its data sources have there; none while an expected data source has none."""
     rules = [r for r in rules if role == LOCAL or r.offsite]
     candidates = [(k, s) for k, s in matched if any(r.matches(s) for r in rules)]
     have = [(k, s) for k, s in candidates if role in s.points]
@@ -303,7 +300,8 @@ def _system_point(system: str, role: str, copy: str, rules: list[DataSourceRule]
     point = source.points[role]
     return RestorePoint(system=system, copy=copy, point_time=point.time.astimezone(timezone.utc),
                         point_id=point_id(key, point), size_bytes=size_of(point),
-                        host=source.computer or source.appliance)
+                        host=source.computer or source.appliance,
+                        count=sum(s.points[role].count for _, s in have))
 
 
 def _asset(probe: str, copy: str, key: str, source: Source, role: str, systems: list[str],

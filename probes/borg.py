@@ -122,9 +122,9 @@ def archives(target: BorgProbe, ctx: RunContext) -> ProbeResult:
         if not points:  # a fact for the rules (R2.backup_age), which judge it: no finding here
             continue
         newest = points[-1]
-        result.point_counts[system] = len(points)
         result.newest.append(RestorePoint(system=system, copy=target.copy, point_time=newest.time,
-                                          point_id=newest.name, host=newest.hostname, paths=newest.paths))
+                                          point_id=newest.name, host=newest.hostname, paths=newest.paths,
+                                          count=len(points)))
         if newest.paths:  # borg records no paths; read from the archive's command line when certain
             finding = wrong_source(system, target.copy, [str(p) for p in target.source_paths(system)],
                                    PointFacts(newest.name, newest.paths), None, target.wrong_source)

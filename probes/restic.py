@@ -150,11 +150,10 @@ def snapshots(target: ResticProbe, ctx: RunContext) -> ProbeResult:
         if not snaps:  # a fact for the rules (R2.backup_age), which judge it: no finding here
             continue
         newest = snaps[-1]
-        result.point_counts[system] = len(snaps)
         size = sizes.get(newest.id, [None, None])
         result.newest.append(RestorePoint(system=system, copy=target.copy, point_time=newest.time,
                                           point_id=newest.id, host=newest.hostname, paths=newest.paths,
-                                          size_bytes=size[0]))
+                                          size_bytes=size[0], count=len(snaps)))
         facts = [PointFacts(s.id, s.paths, *sizes.get(s.id, [None, None])) for s in snaps[-2:]]
         finding = wrong_source(system, target.copy, [str(p) for p in target.source_paths(system)],
                                facts[-1], facts[0] if len(facts) == 2 else None, judged)

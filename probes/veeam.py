@@ -25,8 +25,9 @@ import functools
 import json
 import logging
 from collections import defaultdict
+from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Iterable, Literal
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Literal
 
 from pydantic import Field, model_validator
 
@@ -141,56 +142,78 @@ def copy_of(target: VeeamProbe, backup: "Backup", jobs: dict[str, "Job"]) -> str
 # -- action: points ----------------------------------------------------------------------
 
 
+@dataclass
+class _Held:
+    """What `points` keeps of one VM in one copy: its newest clean point and how many
+    clean points it has there (memory per VM, not per point)."""
+
+    newest: "Point"
+    count: int = 1
+
+
 def points(target: VeeamProbe, ctx: "RunContext") -> ProbeResult:
     """List every restore point: per system and copy the newest clean point (of its
-    stalest VM) and the count of clean points; a CRITICAL finding per point Veeam marks
+    stalest VM) and its count of clean points; a CRITICAL finding per point Veeam marks
     Suspicious or Infected; a `backup` asset per VM and copy (matched to inventory VMs by
-    name, rule R3). An unreadable server is an ERROR result with the client's reason."""
+    name, rule R3). Points are folded in page by page as they arrive. An unreadable
+    server is an ERROR result with the client's reason."""
     from drcheck.clients.veeam import Veeam
 
     result = ProbeResult.begin(ctx, target, "points")
+    held: dict[tuple[str, str], _Held] = {}  # (copy, vm name) ->
+    platform: dict[str, str] = {}  # vm name -> Veeam's platform, for VMs in a known copy
+    job_systems: dict[str, set[str]] = defaultdict(set)
+    not_clean: list["Point"] = []
+    system_of = functools.lru_cache(maxsize=None)(target.system_of)  # 30 points a VM: match each name once
+    listed = 0
     try:
         with Veeam(target.endpoint(), who=f"probe {ctx.name}") as veeam:
             jobs = {job.id: job for job in veeam.jobs()}
             backups = veeam.backups()
-            listed = veeam.restore_points()
+            copies = {b.id: copy_of(target, b, jobs) for b in backups}
+            job_of = {b.id: b.job_id for b in backups}
+            for point in veeam.each_restore_point():
+                listed += 1
+                copy = copies.get(point.backup_id, target.copy)
+                if not point.clean:
+                    not_clean.append(point)
+                if copy is None:
+                    continue
+                platform.setdefault(point.name, point.platform)
+                if (job := job_of.get(point.backup_id)) and (system := system_of(point.name)):
+                    job_systems[job].add(system)
+                if point.clean:
+                    _hold(held, (copy, point.name), point)
             requests = veeam.rest.requests
     except SourceError as exc:
         result.status, result.reason = Status.ERROR, str(exc)
         return result.conclude(ctx)
-    copies = {b.id: copy_of(target, b, jobs) for b in backups}
-    job_of = {b.id: b.job_id for b in backups}
-    by_vm: dict[tuple[str, str], list[Point]] = defaultdict(list)  # (copy, vm name) -> points, newest first
-    platform: dict[str, str] = {}
-    job_systems: dict[str, set[str]] = defaultdict(set)
-    system_of = functools.lru_cache(maxsize=None)(target.system_of)  # 30 points a VM: match each name once
-    for point in sorted(listed, key=lambda p: p.created, reverse=True):
-        copy = copies.get(point.backup_id, target.copy)
-        system = system_of(point.name)
-        if not point.clean:
-            result.findings.append(_malware_finding(point, copy, system))
-        if copy is None:
-            continue
-        by_vm[(copy, point.name)].append(point)
-        platform.setdefault(point.name, point.platform)
-        if system and job_of.get(point.backup_id):
-            job_systems[job_of[point.backup_id]].add(system)
-    clean = {key: [p for p in found if p.clean] for key, found in by_vm.items()}
-    _system_points(target, clean, result)
-    result.assets = _assets(ctx.name, target, clean, platform)
+    result.findings += [_malware_finding(p, copies.get(p.backup_id, target.copy), system_of(p.name))
+                        for p in sorted(not_clean, key=lambda p: p.created, reverse=True)]
+    _system_points(target, held, platform, system_of, result)
+    result.assets = _assets(ctx.name, held, system_of, platform)
     result.findings += [Finding(Severity.WARNING, "copy_job_unmapped",
                                 f"backup copy job {job.name!r} is no copy drcheck knows: add it to copy_jobs",
                                 subject=f"job:{job.id}")
                         for job in sorted(jobs.values(), key=lambda j: j.name)
                         if job.is_copy and job.name not in target.copy_jobs]
-    vms = {vm for _, vm in by_vm}
-    result.details = {"jobs": len(jobs), "backups": len(backups), "restore_points": len(listed), "vms": len(vms),
-                      "unmapped_vms": sorted(vm for vm in vms if target.system_of(vm) is None)[:50],
-                      "not_clean": sum(not p.clean for p in listed), "requests": requests,
+    result.details = {"jobs": len(jobs), "backups": len(backups), "restore_points": listed, "vms": len(platform),
+                      "unmapped_vms": sorted(vm for vm in platform if system_of(vm) is None)[:50],
+                      "not_clean": len(not_clean), "requests": requests,
                       "job_systems": {job: sorted(s) for job, s in sorted(job_systems.items())}}
-    result.reason = (f"{len(listed)} restore points of {len(vms)} VMs in {len(target.all_copies())} "
+    result.reason = (f"{listed} restore points of {len(platform)} VMs in {len(target.all_copies())} "
                      f"cop{'y' if len(target.all_copies()) == 1 else 'ies'}")
     return result.conclude(ctx)
+
+
+def _hold(held: dict[tuple[str, str], _Held], key: tuple[str, str], point: "Point") -> None:
+    known = held.get(key)
+    if known is None:
+        held[key] = _Held(point)
+        return
+    known.count += 1
+    if point.created > known.newest.created:
+        known.newest = point
 
 
 def _malware_finding(point: "Point", copy: str | None, system: str | None) -> Finding:
@@ -201,47 +224,45 @@ def _malware_finding(point: "Point", copy: str | None, system: str | None) -> Fi
                    f"{where} as {status}: it is never counted as a clean point", system, subject=f"point:{point.id}")
 
 
-def _system_points(target: VeeamProbe, clean: dict[tuple[str, str], list["Point"]], result: ProbeResult) -> None:
+def _system_points(target: VeeamProbe, held: dict[tuple[str, str], _Held], seen: Iterable[str],
+                   system_of: Callable[[str], str | None], result: ProbeResult) -> None:
     """Per system and copy: the newest clean point of its stalest VM, when every VM of the
-    system has one there. The count (one per system) is the number of clean points of its
-    VM with the fewest, in the probe's `copy` (else the first copy holding the system)."""
+    system seen in any copy (`seen`, even with no clean point) has one there, counted as
+    the clean points of its VM with the fewest there."""
     vms_of: dict[str, set[str]] = defaultdict(set)
-    for _, vm in clean:
-        if (system := target.system_of(vm)):
+    for vm in seen:
+        if (system := system_of(vm)):
             vms_of[system].add(vm)
     for system in sorted(target.systems_covered()):
         vms = vms_of.get(system)
         if not vms:
             continue
         for copy in target.copies_of(system):
-            found = {vm: clean.get((copy, vm), []) for vm in vms}
+            found = {vm: held.get((copy, vm)) for vm in vms}
             if not all(found.values()):
-                missing = sorted(vm for vm, pts in found.items() if not pts)
+                missing = sorted(vm for vm, known in found.items() if known is None)
                 if len(missing) < len(vms):  # part of the system is not in this copy
                     result.findings.append(Finding(
                         Severity.WARNING, "vm_missing_in_copy",
                         f"VM {', '.join(missing)} of {system} has no clean restore point in {copy}: "
                         f"the system has none there", system, subject=f"copy:{copy}"))
                 continue
-            stalest = min(vms, key=lambda vm: found[vm][0].created)
-            newest = found[stalest][0]
+            stalest = min(vms, key=lambda vm: found[vm].newest.created)
+            newest = found[stalest].newest
             result.newest.append(RestorePoint(system=system, copy=copy, point_time=newest.created, point_id=newest.id,
-                                              host=stalest))
-            result.point_counts.setdefault(system, min(len(pts) for pts in found.values()))
+                                              host=stalest, count=min(known.count for known in found.values())))
 
 
-def _assets(probe: str, target: VeeamProbe, clean: dict[tuple[str, str], list["Point"]],
+def _assets(probe: str, held: dict[tuple[str, str], _Held], system_of: Callable[[str], str | None],
             platform: dict[str, str]) -> list[InventoryAsset]:
     """One `backup` asset per VM and copy with a clean point (drcheck.protection)."""
     assets = []
-    for (copy, vm), found in sorted(clean.items()):
-        if not found:
-            continue
+    for (copy, vm), known in sorted(held.items()):
         key = "vm_name" if platform.get(vm, "VMware") == "VMware" else "hostname"
         assets.append(InventoryAsset(source=probe, asset_id=f"{copy}:{host_key(vm) if key == 'hostname' else vm}",
-                                     name=vm, protected=True, system=target.system_of(vm), kind=BACKUP_KIND,
-                                     attributes={"copy": copy, "newest": found[0].created.isoformat(),
-                                                 "point_id": found[0].id, "points": len(found),
+                                     name=vm, protected=True, system=system_of(vm), kind=BACKUP_KIND,
+                                     attributes={"copy": copy, "newest": known.newest.created.isoformat(),
+                                                 "point_id": known.newest.id, "points": known.count,
                                                  "match": {key: vm}}))
     return assets
 

@@ -103,7 +103,7 @@ class Backup:
     repository_id: str | None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Point:
     """One restore point of one backed-up object (a VM's, for vSphere backups)."""
 
@@ -188,7 +188,12 @@ class Veeam:
     def restore_points(self, **filters: Any) -> list[Point]:
         """Every restore point (Veeam's `*Filter` query parameters narrow it: `nameFilter`,
         `backupIdFilter`...), as Veeam lists them."""
-        return self._decode(_point, self._pages("/api/v1/restorePoints", filters or None), "restore points")
+        return list(self.each_restore_point(**filters))
+
+    def each_restore_point(self, **filters: Any) -> Iterator[Point]:
+        """`restore_points`, decoded page by page as they arrive: a reader that keeps only
+        what it needs holds one page, not every point of a large server."""
+        return self._each(_point, self._pages("/api/v1/restorePoints", filters or None), "restore points")
 
     # -- instant recovery -------------------------------------------------------------------
 
@@ -279,13 +284,18 @@ class Veeam:
             pause = min(pause * 2, SESSION_POLL[1])
 
     def _decode(self, decode: Callable[[Any], Any], items: Iterable[Any], what: str) -> list[Any]:
-        """Decode every item; raise VeeamError when the server's answer lacks what the
-        API reference promises (drcheck reports it rather than guessing)."""
-        try:
-            return [decode(item) for item in items]
-        except (KeyError, ValueError, TypeError, AttributeError) as exc:
-            raise VeeamError(f"{SERVICE} {self.endpoint.url}: unexpected answer listing {what} "
-                             f"({type(exc).__name__}: {exc})") from None
+        """Every item decoded (see `_each`)."""
+        return list(self._each(decode, items, what))
+
+    def _each(self, decode: Callable[[Any], Any], items: Iterable[Any], what: str) -> Iterator[Any]:
+        """Decode each item; raise VeeamError when the server's answer lacks what the API
+        reference promises (drcheck reports it rather than guessing)."""
+        for item in items:
+            try:
+                yield decode(item)
+            except (KeyError, ValueError, TypeError, AttributeError) as exc:
+                raise VeeamError(f"{SERVICE} {self.endpoint.url}: unexpected answer listing {what} "
+                                 f"({type(exc).__name__}: {exc})") from None
 
     def _session_failed(self, session_id: str) -> bool:
         session = self.session(session_id)

@@ -80,8 +80,8 @@ def report(tmp_path) -> Path:
         store.record_probe(ProbeResult(
             probe="lab-restic", kind="restic", action="snapshots", status=Status.OK,
             started_at=NOW - 10 * timedelta(minutes=1), finished_at=NOW - 9 * timedelta(minutes=1),
-            copy="lab-restic", point_counts={s: 30 for s in points},
-            newest=[RestorePoint(s, "lab-restic", t, f"{s}0a1b2c3d4e5f") for s, t in points.items()],
+            copy="lab-restic",
+            newest=[RestorePoint(s, "lab-restic", t, f"{s}0a1b2c3d4e5f", count=30) for s, t in points.items()],
         ))
         return render_weekly(loaded, store, tmp_path / "out", NOW)
 

@@ -112,13 +112,13 @@ class Recorder:
         newest = [
             RestorePoint(system=system, copy=self.copy, point_time=when,
                          point_id=hashlib.sha256(f"{system}{when}".encode()).hexdigest(),
-                         size_bytes=1_000_000, host=f"{system}01")
+                         size_bytes=1_000_000, host=f"{system}01", count=30)
             for system, when in points.items()
         ]
         return self.store.record_probe(ProbeResult(
             probe=self.probe_name, kind="restic", action=action, status=Status(status),
             started_at=at - timedelta(seconds=4), finished_at=at, reason=reason, copy=self.copy,
-            newest=newest, point_counts={system: 30 for system in points},
+            newest=newest,
         ))
 
 

@@ -33,8 +33,7 @@ def test_a_year_of_probes_compacts_to_its_events(tmp_path):
             stale = 20 <= day < 30
             store.record_probe(ProbeResult(
                 probe="p", kind="restic", action="snapshots", status=Status(status), started_at=at, finished_at=at,
-                copy="c", newest=[] if status == "error" else [RestorePoint("a", "c", point, f"pt{day // 10}")],
-                point_counts={"a": 3},
+                copy="c", newest=[] if status == "error" else [RestorePoint("a", "c", point, f"pt{day // 10}", count=3)],
                 findings=[Finding(Severity.CRITICAL, "rpo_breach", f"{day}", "a")] if stale else []))
             store.record_restore_test(RestoreTestResult(
                 test="t", kind="files", system="a", status=Status.PASSED, started_at=at, finished_at=at,

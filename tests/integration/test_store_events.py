@@ -19,8 +19,9 @@ T0 = datetime(2026, 11, 20, tzinfo=timezone.utc)
 def listing(at, points, *, status=Status.OK, findings=(), counts=None, assets=(), action="snapshots", probe="p"):
     return ProbeResult(
         probe=probe, kind="restic", action=action, status=status, started_at=at, finished_at=at, copy="c",
-        newest=[RestorePoint(s, "c", when, f"{s}-{when:%H%M}") for s, when in points.items()],
-        point_counts=counts or {s: 5 for s in points}, findings=list(findings), assets=list(assets))
+        newest=[RestorePoint(s, "c", when, f"{s}-{when:%H%M}", count=(counts or {}).get(s, 5))
+                for s, when in points.items()],
+        findings=list(findings), assets=list(assets))
 
 
 def count(store, table):

@@ -94,8 +94,7 @@ def test_a_migrated_store_carries_on_with_events(old_store):
         store.record_probe(ProbeResult(
             probe="lab-restic", kind="restic", action="snapshots", status=Status.OK, started_at=when,
             finished_at=when, copy="lab-restic",
-            newest=[RestorePoint("sis", "lab-restic", parse_ts(sis["point_time"]), sis["point_id"])],
-            point_counts={"sis": 99}))
+            newest=[RestorePoint("sis", "lab-restic", parse_ts(sis["point_time"]), sis["point_id"], count=99)]))
         assert store.db.execute("SELECT COUNT(*) FROM restore_points").fetchone()[0] == points  # unchanged: no row
         (now,) = [r for r in store.current_restore_points() if r["probe"] == "lab-restic"]
         assert now["point_id"] == sis["point_id"] and now["point_count"] == 99

@@ -125,6 +125,31 @@ def test_a_vm_of_a_system_missing_from_a_copy_leaves_the_system_without_a_point_
     assert finding.severity is Severity.WARNING and result.status is Status.OK
 
 
+def test_a_vm_whose_only_points_in_a_copy_are_infected_leaves_its_system_without_a_point_there(
+        builders, tmp_path, monkeypatch):
+    fake = district()
+    offsite = fake.backups[2]["id"]
+    for p in fake.points:
+        if p["name"] == "sis-db01" and p["backupId"] == offsite:
+            p["malwareStatus"] = "Infected"
+    result, _ = run(builders, tmp_path, monkeypatch, fake)
+    assert ("sis", "offsite") not in newest(result)  # sis01 alone there is not the system
+    assert newest(result)[("sis", "local")] == ("sis-db01", 7.0)
+    assert [f.code for f in result.findings].count("point_infected") == 3
+    assert "offsite:sis-db01" not in {a.asset_id for a in result.assets}
+
+
+def test_each_copy_carries_its_own_point_count(builders, tmp_path, monkeypatch):
+    fake = district()
+    fake.point("SIS offsite", "sis01", timedelta(hours=80))
+    fake.point("SIS offsite", "sis-db01", timedelta(hours=81))
+    result, store = run(builders, tmp_path, monkeypatch, fake)
+    assert {(p.system, p.copy): p.count for p in result.newest} == {
+        ("sis", "local"): 3, ("sis", "offsite"): 4, ("fileserver", "local"): 3}
+    stored = {(r["system"], r["copy"]): r["point_count"] for r in store.current_restore_points()}
+    assert stored == {("sis", "local"): 3, ("sis", "offsite"): 4, ("fileserver", "local"): 3}
+
+
 @pytest.mark.parametrize("typed", [{"type": "BackupCopy"}, {"type": "Unknown", "sourceJobId": "the-files-job"}])
 def test_an_unmapped_backup_copy_job_is_reported_and_not_counted(builders, tmp_path, monkeypatch, typed):
     fake = district()
