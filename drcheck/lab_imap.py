@@ -179,6 +179,10 @@ class Dovecot:
             "}",
             "service imap-login {",
             "  chroot =",
+            # Dovecot's high-performance login mode, as busy production servers run it: one
+            # login process serves every connection instead of a fresh one (~15 ms) per session
+            "  service_count = 0",
+            "  process_min_avail = 1",
             f"  inet_listener imap {{\n    address = 127.0.0.1\n    port = {self.starttls_port}\n  }}",
             f"  inet_listener imaps {{\n    address = 127.0.0.1\n    port = {self.port}\n    ssl = yes\n  }}",
             "}",
