@@ -10,9 +10,9 @@ names them. Loading and error reporting live in `drcheck.config_loader`.
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import date, timedelta
 from pathlib import Path
-from typing import Annotated, Any, Union
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, Field, field_validator
 
@@ -132,21 +132,132 @@ class StoreConfig(Strict):
     retention: RetentionConfig = Field(default_factory=RetentionConfig, description="compaction of old probe runs")
 
 
+FireSuppression = Literal["unknown", "none", "wet-pipe", "dry-pipe", "pre-action", "clean-agent", "inert-gas",
+                          "water-mist", "vendor-managed"]
+
+
 class SiteConfig(Strict):
-    """A physical location holding systems or copies."""
+    """A physical location holding systems or copies, with the facility facts the
+    compliance rules (R4, R15) and the DR plan read. Facts are declared, not measured."""
 
     description: str = Field("", description="what and where it is")
     distance_km: float | None = Field(
         None, strict=True, ge=0, description="distance from the primary site, for the off-site rules"
     )
+    address: str = Field("", description="street address or coordinates, printed in the plan")
+    building: str | None = Field(
+        None, description="building identifier: two sites in the same building are one place for the off-site rules")
+    hazard_zone: str | None = Field(
+        None, description="flood plain, fault or storm zone name: sites sharing one do not protect against it")
+    fire_suppression: FireSuppression = Field(
+        "unknown", description="fire suppression over the equipment (wet-pipe sprinklers soak what they protect)")
+    power_backup: str = Field("", description="UPS, generator and their runtime, e.g. 'UPS 30 min, no generator'")
+    key_holders: list[str] = Field(default_factory=list, description="who holds keys or badges to the site")
+    access_notes: str = Field("", description="how to get in after hours; accessibility problems in a disaster")
 
 
 class CopyConfig(Strict):
-    """A copy of the data (a repository, an appliance, a bucket) at a site."""
+    """A copy of the data (a repository, an appliance, a bucket) at a site, with the
+    protection facts the compliance rules (R5, R6) and the DR plan read. A fact given here
+    is *declared*; a probe that checks it (restic always encrypts) makes it *proven*."""
 
     site: Name = Field(..., description="the site (from [sites]) holding this copy")
     media: str = Field("disk", description="storage media: disk, tape, object, appliance, cloud")
     description: str = Field("", description="free text shown in reports")
+    immutable_days: int | None = Field(
+        None, strict=True, ge=0, description="declared retention lock (object lock, hardened repository, WORM), days")
+    offline: bool = Field(False, strict=True, description="declared offline / air-gapped (tape on a shelf)")
+    encrypted_at_rest: bool | None = Field(None, strict=True, description="declared encryption at rest")
+    encrypted_in_transit: bool | None = Field(None, strict=True, description="declared encryption in transit")
+    key_offsite: bool | None = Field(
+        None, strict=True, description="the encryption key (or its escrow) is held away from the primary site")
+    separate_credentials: bool | None = Field(
+        None, strict=True, description="its admin credentials are not in the production directory (AD)")
+
+
+class PolicyConfig(Strict):
+    """Thresholds of the compliance rules; each has a sensible default (NIST SP 800-34,
+    CIS Controls v8, the 3-2-1-1-0 rule)."""
+
+    min_copies: int = Field(3, strict=True, ge=1, description="R4: copies of each system's data, at least")
+    min_media: int = Field(2, strict=True, ge=1, description="R4: different media among them, at least")
+    offsite_km: float = Field(80, ge=0, description="R4: one copy at least this far from the primary site")
+    near_km: float = Field(20, ge=0, description="R4: an off-site copy closer than this shares regional disasters")
+    immutable_days: int = Field(30, strict=True, ge=1, description="R5: retention lock of the immutable copy, days")
+    test_window: dict[int, Duration] = Field(
+        default_factory=lambda: {1: timedelta(days=30), 2: timedelta(days=90), 3: timedelta(days=365),
+                                 4: timedelta(days=365)},
+        description="R8: a successful restore test within this window, by tier")
+    exercise_days: int = Field(365, strict=True, ge=1, description="R11: a plan exercise within this many days")
+    review_days: int = Field(365, strict=True, ge=1, description="R12: plan reviewed within this many days")
+    contacts_days: int = Field(90, strict=True, ge=1, description="R12: contacts verified within this many days")
+    training_days: int = Field(365, strict=True, ge=1, description="R13: DR roles trained within this many days")
+
+
+class Contact(Strict):
+    """A person or role to call."""
+
+    name: str = Field(..., min_length=1, description="person or role")
+    role: str = Field("", description="their part in recovery")
+    phone: str = Field("", description="phone number(s)")
+    email: str = Field("", description="e-mail address")
+    alternate: str = Field("", description="who stands in for them")
+    verified_on: date | None = Field(None, description="when these details were last confirmed (R12)")
+
+
+class VendorContact(Strict):
+    """A vendor a recovery relies on."""
+
+    vendor: str = Field(..., min_length=1, description="company")
+    product: str = Field("", description="what they supply")
+    phone: str = Field("", description="support line")
+    email: str = Field("", description="support address")
+    contract: str = Field("", description="contract or customer number")
+    sla: str = Field("", description="support SLA, e.g. '4h response, 24x7'")
+    verified_on: date | None = Field(None, description="when these details were last confirmed (R12)")
+
+
+class Exercise(Strict):
+    """A plan exercise (tabletop, functional, full) and what came of it (R11)."""
+
+    held_on: date = Field(..., description="date of the exercise")
+    kind: Literal["tabletop", "functional", "full"] = Field("tabletop", description="type of exercise")
+    scope: str = Field("", description="what was exercised")
+    after_action_report: str = Field("", description="where the after-action report is (path, URL, ticket)")
+    corrective_actions: list[str] = Field(default_factory=list, description="what it asked to fix")
+
+
+class Training(Strict):
+    """DR role training (R13)."""
+
+    who: str = Field(..., min_length=1, description="person or role trained")
+    held_on: date = Field(..., description="date of the training")
+    topic: str = Field("", description="what it covered")
+
+
+class Change(Strict):
+    """One line of the plan's document-change record (R12)."""
+
+    on: date = Field(..., description="date of the change")
+    by: str = Field(..., min_length=1, description="who made it")
+    description: str = Field(..., min_length=1, description="what changed")
+
+
+class PlanConfig(Strict):
+    """The DR / IT contingency plan's document facts (`drcheck report plan`)."""
+
+    title: str = Field("Disaster Recovery / IT Contingency Plan", description="the plan's title")
+    organization: str = Field("", description="who the plan belongs to")
+    scope: str = Field("", description="what the plan covers (and does not)")
+    assumptions: list[str] = Field(default_factory=list, description="planning assumptions")
+    approved_by: str = Field("", description="who approves the plan")
+    approved_on: date | None = Field(None, description="when it was last approved (R12)")
+    reviewed_on: date | None = Field(None, description="when it was last reviewed (R12)")
+    activation_criteria: list[str] = Field(default_factory=list, description="when the plan is activated")
+    contacts: list[Contact] = Field(default_factory=list, description="personnel, in notification order")
+    exercises: list[Exercise] = Field(default_factory=list, description="plan exercises held (R11)")
+    training: list[Training] = Field(default_factory=list, description="DR role training held (R13)")
+    changes: list[Change] = Field(default_factory=list, description="document change record (R12)")
 
 
 def kind_union(models: list[type[BaseModel]]) -> Any:
@@ -171,6 +282,8 @@ class Config(Strict):
     copies: dict[Name, CopyConfig] = Field(default_factory=dict)
     probes: dict[Name, ProbeTargets] = Field(default_factory=dict)
     restore_tests: dict[Name, RestoreTestTargets] = Field(default_factory=dict)
+    policy: PolicyConfig = Field(default_factory=PolicyConfig, description="compliance rule thresholds")
+    plan: PlanConfig = Field(default_factory=PlanConfig, description="the DR plan's document facts")
 
 
 class RecoveryStep(Strict):
@@ -187,6 +300,7 @@ class Runbook(Strict):
     name: str = Field(..., description="display name, e.g. 'Student Information System'")
     tier: int = Field(..., strict=True, ge=1, le=4, description="1 = most critical")
     owner: str = Field(..., min_length=1, description="accountable person or role")
+    alternate: str = Field("", description="who acts when the owner cannot (R1)")
     description: str = Field("", description="what it does and who depends on it")
     rto: Duration = Field(..., description="recovery time objective")
     rpo: Duration = Field(..., description="recovery point objective")
@@ -200,6 +314,9 @@ class Runbook(Strict):
     vms: list[VmSelector] = Field(
         default_factory=list, description="further VMs of the system, by name pattern, folder, custom attribute or UUID")
     recovery_steps: list[RecoveryStep] = Field(default_factory=list, description="human runbook")
+    vendors: list[VendorContact] = Field(default_factory=list, description="vendors its recovery relies on")
+    validation: list[str] = Field(
+        default_factory=list, description="how users confirm it works after recovery (reconstitution)")
 
     def vm_selectors(self) -> list[VmSelector]:
         """Every selector naming the system's VMs: the `vm:` assets, then `vms`."""

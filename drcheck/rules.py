@@ -74,6 +74,7 @@ class RuleResult:
     evidence: tuple[tuple[str, int], ...] = ()  # (table, row id) pairs
     subject: str | None = None  # the copy, probe or test the result is about, when several
     probe: str | None = None  # the probe whose reading is judged (P2, R2, R10.source_check)
+    declared: bool = False  # passes on a fact the configuration declares and no probe has verified
 
     @property
     def severity(self) -> Severity:
@@ -87,7 +88,7 @@ class RuleResult:
         return {"rule": self.rule, "system": self.system, "subject": self.subject, "passed": self.passed,
                 "severity": self.severity.value, "measured": self.measured, "threshold": self.threshold,
                 "evidence": [{"table": t, "id": i} for t, i in self.evidence], "message": self.message,
-                "controls": list(self.controls)}
+                "controls": list(self.controls), "declared": self.declared}
 
 
 @dataclass

@@ -180,7 +180,7 @@ def test_unknown_top_level_key_lists_expected_keys(builders, errors_for):
     cfg["agnet"] = {"name": "typo"}
     assert errors_for(cfg) == [
         "drcheck.toml: agnet: unknown key "
-        "(expected one of: agent, copies, metrics, probes, reports, restore_tests, sites, store)"
+        "(expected one of: agent, copies, metrics, plan, policy, probes, reports, restore_tests, sites, store)"
     ]
 
 
