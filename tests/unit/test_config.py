@@ -203,8 +203,8 @@ def test_unknown_key_in_runbook(builders, errors_for):
     runbooks["fileserver"]["recovery_steps"][0]["who"] = "me"
     assert errors_for(builders.valid_config(), runbooks) == [
         "runbooks/fileserver.toml: recovery_steps[0].who: unknown key (expected one of: action, expected_duration, owner)",
-        "runbooks/sis.toml: owners: unknown key (expected one of: assets, depends_on, description, mtd, name, "
-        "owner, recovery_steps, rpo, rto, tier, vms, wrt)",
+        "runbooks/sis.toml: owners: unknown key (expected one of: alternate, assets, depends_on, description, mtd, "
+        "name, owner, recovery_steps, rpo, rto, tier, validation, vendors, vms, wrt)",
     ]
 
 
