@@ -17,6 +17,7 @@ from drcheck import canary, diskspace, leases, locks, placement, sandbox, storef
 from drcheck.clients import process
 from drcheck.config_loader import LoadedConfig
 from drcheck.context import Progress, RunContext, no_progress
+from drcheck.interrupts import Interrupted, interrupt
 from drcheck.kinds import probe_module, restore_test_module
 from drcheck.results import ProbeResult, RestoreTestResult, Status, utcnow
 from drcheck.store import Store, parse_ts
@@ -24,16 +25,13 @@ from drcheck.store import Store, parse_ts
 log = logging.getLogger(__name__)
 
 
-class Interrupted(BaseException):
-    """SIGTERM arrived while a job ran; raised so `finally` blocks clean up."""
-
-
 def raise_on_sigterm() -> None:
-    """Make SIGTERM raise Interrupted in the main thread, so sandboxes get removed."""
+    """Make SIGTERM raise Interrupted in the main thread, so sandboxes get removed (after
+    any cleanup in progress: `drcheck.interrupts.shielded`)."""
 
     def handler(signum, frame):
         process.kill_running()  # worker threads' restic calls too, so nothing waits on them
-        raise Interrupted(f"interrupted by signal {signal.Signals(signum).name}")
+        interrupt(f"interrupted by signal {signal.Signals(signum).name}")
 
     signal.signal(signal.SIGTERM, handler)
 
@@ -46,7 +44,7 @@ def arm_timeout(seconds: float | None) -> None:
 
     def handler(signum, frame):
         process.kill_running()
-        raise Interrupted(f"timed out after {seconds:.0f}s")
+        interrupt(f"timed out after {seconds:.0f}s")
 
     signal.signal(signal.SIGALRM, handler)
     signal.setitimer(signal.ITIMER_REAL, seconds)

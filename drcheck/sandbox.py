@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import Iterator
 
-from drcheck import leases
+from drcheck import interrupts, leases
 from drcheck.mapping import resolved_within
 from drcheck.results import utcnow
 from drcheck.store import LeaseConflict, Store
@@ -69,19 +69,26 @@ def sandbox(store: Store, root: Path, test: str, target_dir: Path | None = None)
     path = target_dir or root / f"{test}-{stamp}-{secrets.token_hex(3)}"
     if not is_inside(path, root) or Path(path).resolve() == root.resolve():
         raise SandboxRefused(f"restore target {path} is outside the sandbox root {root}; refused")
+    lease = None
     try:
-        lease = store.take_lease(LEASE_KIND, path, test, __name__)
-    except LeaseConflict as exc:
-        raise SandboxRefused(f"restore target {exc}; refused") from None
-    if path.exists() and (path.is_symlink() or any(path.iterdir())):
-        store.release_lease(lease, "refused: target not empty")
-        raise SandboxRefused(f"restore target {path} is not empty; refusing to restore over data")
-    try:
-        path.mkdir(mode=0o700, exist_ok=target_dir is not None)
+        # taking the lease, creating the directory and entering this `try` are one step as far
+        # as a SIGTERM is concerned: never a lease or a directory this `finally` does not see
+        with interrupts.shielded():
+            try:
+                lease = store.take_lease(LEASE_KIND, path, test, __name__)
+            except LeaseConflict as exc:
+                raise SandboxRefused(f"restore target {exc}; refused") from None
+            if path.exists() and (path.is_symlink() or any(path.iterdir())):
+                store.release_lease(lease, "refused: target not empty")
+                lease = None
+                raise SandboxRefused(f"restore target {path} is not empty; refusing to restore over data")
+            path.mkdir(mode=0o700, exist_ok=target_dir is not None)
         yield path
     finally:
-        remove_tree(path, root)
-        store.release_lease(lease)
+        if lease is not None:
+            with interrupts.shielded():  # a SIGTERM now waits for the sandbox to be gone
+                remove_tree(path, root)
+                store.release_lease(lease)
 
 
 def remove_tree(path: Path, root: Path) -> None:

@@ -22,7 +22,7 @@ from contextlib import ExitStack, contextmanager
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from drcheck import locks
+from drcheck import interrupts, locks
 from drcheck.clients import SourceError
 from drcheck.clients import vsphere_vm
 from drcheck.durations import format_duration
@@ -121,15 +121,20 @@ class _Run:
             result.checks.append(vm_guards.check_capacity(vc, plan, target.capacity))
         name = vm_name(self.ctx.name, self.ctx.now(), suffix)
         kind, resource, handler = plan.lease(name) if plan.lease else (LEASE_KIND, f"{target.probe}/{name}", HANDLER)
-        lease = self.ctx.store.take_lease(kind, resource, self.ctx.name, handler)
-        result.sandbox, result.details["sandbox_vm"] = resource, name
         made: dict[str, Any] = {"plan": plan}
+        lease = None
         try:
+            with interrupts.shielded():  # the lease is taken inside this `try`, whatever SIGTERM does
+                lease = self.ctx.store.take_lease(kind, resource, self.ctx.name, handler)
+                result.sandbox, result.details["sandbox_vm"] = resource, name
             self._restore(vc, plan, place, name, skew, isolated, made)
         except BaseException as exc:
-            self._dispose(vc, name, lease, made, interrupted=not isinstance(exc, Exception))
+            if lease is not None:
+                with interrupts.shielded():  # a SIGTERM now waits for the VM to be gone
+                    self._dispose(vc, name, lease, made, interrupted=not isinstance(exc, Exception))
             raise
-        self._dispose(vc, name, lease, made, interrupted=False)
+        with interrupts.shielded():
+            self._dispose(vc, name, lease, made, interrupted=False)
 
     def _describe(self, plan: vm_sources.Plan) -> None:
         result = self.result
