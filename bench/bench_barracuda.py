@@ -25,12 +25,9 @@ assertions: a missed goal prints MISS and exits 0.
 from __future__ import annotations
 
 import argparse
-import cProfile
 import importlib.util
-import io
 import logging
 import os
-import pstats
 import re
 import ssl
 import sys
@@ -41,6 +38,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import Figure, fmt_times, print_profile, time_probe, verdict  # noqa: E402
 from rows import emit  # noqa: E402
 
 FIRST_GOAL = 1.3  # first run / plain imapclient fetch, at most
@@ -105,15 +103,6 @@ def sessions(server, timeout: float = 10) -> list[Session]:
 
 
 # -- the sides -------------------------------------------------------------------------
-
-
-def time_probe(loaded, store) -> tuple[float, object]:
-    """drcheck's side: one `run_probe` of the `mailbox` action end to end."""
-    from drcheck.engine import run_probe
-
-    t0 = time.perf_counter()
-    result = run_probe(loaded, store, PROBE, ACTION)
-    return time.perf_counter() - t0, result
 
 
 def plain_fetch(server, above: int = 0, raw: bool = False) -> tuple[float, int, int]:
@@ -201,30 +190,6 @@ def write_config(work: Path, server, sources: list[str], per_system: int) -> Pat
 # -- reporting -------------------------------------------------------------------------
 
 
-@dataclass
-class Figure:
-    name: str
-    drcheck_seconds: float | None
-    baseline_seconds: float | None
-    ratio: float | None
-    goal: str | None
-    met: bool | None
-    value: float | None = None
-    unit: str | None = None
-
-    def row(self) -> dict:
-        """The rows.py row: the five common keys always, `value`/`unit` when set."""
-        return {k: v for k, v in vars(self).items() if v is not None or k not in ("value", "unit")}
-
-
-def verdict(met: bool) -> str:
-    return "MET" if met else "MISS"
-
-
-def fmt_times(times: list[float]) -> str:
-    return ", ".join(f"{t:.2f}" for t in times)
-
-
 # -- the run ---------------------------------------------------------------------------
 
 
@@ -276,7 +241,7 @@ def first_runs(args, lab: Lab) -> Rounds:
             seen = len(sessions(lab.server))
             if side == "probe":
                 loaded, store = lab.fresh()
-                seconds, result = time_probe(loaded, store)
+                seconds, result = time_probe(loaded, store, PROBE, ACTION)
                 if result.status is not Status.OK:
                     store.close()
                     raise RuntimeError(f"first run {n + 1}: {result.status.value} {result.reason}")
@@ -308,7 +273,7 @@ def incremental_runs(args, lab: Lab, rounds: Rounds, gen, start: datetime) -> tu
         for side in (["probe", "plain"] if n % 2 == 0 else ["plain", "probe"]):
             seen = len(sessions(lab.server))
             if side == "probe":
-                seconds, result = time_probe(loaded, store)
+                seconds, result = time_probe(loaded, store, PROBE, ACTION)
                 read = result.details.get("run", {}).get("read")
                 if result.status is not Status.OK or read != args.new:
                     raise RuntimeError(f"incremental run {n + 1}: {result.status.value} {result.reason} "
@@ -340,21 +305,12 @@ def check_first_runs(args, rounds: Rounds, total_bytes: int) -> None:
                            f"of {args.messages}")
 
 
-def profile(lab: Lab, top: int = 15) -> None:
-    """Print where one first run spends its time (cProfile, sorted by own time)."""
+def profile(lab: Lab) -> None:
+    """Print where one first run spends its time."""
     loaded, store = lab.fresh()
     with store:
-        prof = cProfile.Profile()
-        prof.enable()
-        seconds, _ = time_probe(loaded, store)
-        prof.disable()
-    buf = io.StringIO()
-    pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(top)
-    print(f"\nWhere one first run spends its time ({seconds:.2f}s under cProfile, sorted by own time; profiling "
-          "inflates Python-heavy parts; the fetch runs in a helper thread cProfile does not see):")
-    body = buf.getvalue()
-    begin = body.find("   ncalls")
-    print(body[begin:].rstrip() if begin >= 0 else body)
+        print_profile(lambda: time_probe(loaded, store, PROBE, ACTION)[0], "one first run",
+                      "the fetch runs in a helper thread cProfile does not see")
 
 
 def measure(args, work: Path, server) -> list[Figure]:
@@ -377,7 +333,7 @@ def measure(args, work: Path, server) -> list[Figure]:
     seconds, count, _ = plain_fetch(server, raw=True)
     loaded, store = lab.fresh()
     with store:
-        warm, result = time_probe(loaded, store)
+        warm, result = time_probe(loaded, store, PROBE, ACTION)
     if result.status is not Status.OK:
         raise RuntimeError(f"the probe could not read the mailbox: {result.status.value} {result.reason}")
     print(f"  warm-up (not timed): first open and fetch {seconds:.2f}s ({count:,} messages); first probe run "

@@ -26,11 +26,8 @@ MISS (or with `--profile`) a cProfile of one probe run shows where its time goes
 from __future__ import annotations
 
 import argparse
-import cProfile
-import io
 import logging
 import os
-import pstats
 import ssl
 import sys
 import tempfile
@@ -40,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import Figure, fmt_times, print_profile, time_probe, verdict  # noqa: E402
 from rows import emit  # noqa: E402
 
 GOAL = 1.3  # probe / raw paginated GETs, at most
@@ -107,16 +105,6 @@ def write_config(work: Path, replay, vms: int, page_size: int) -> Path:
 # -- the two sides -----------------------------------------------------------------------
 
 
-def time_probe(loaded, store) -> tuple[float, object]:
-    """drcheck's side: one `run_probe` of the `points` action end to end. Returns
-    (seconds, result)."""
-    from drcheck.engine import run_probe
-
-    t0 = time.perf_counter()
-    result = run_probe(loaded, store, PROBE, ACTION)
-    return time.perf_counter() - t0, result
-
-
 @dataclass
 class Raw:
     """What the raw side read: items per listing and the requests it sent."""
@@ -178,30 +166,6 @@ def server_seconds(log: list[dict]) -> float:
 # -- reporting -------------------------------------------------------------------------
 
 
-@dataclass
-class Figure:
-    name: str
-    drcheck_seconds: float | None
-    baseline_seconds: float | None
-    ratio: float | None
-    goal: str | None
-    met: bool | None
-    value: float | None = None
-    unit: str | None = None
-
-    def row(self) -> dict:
-        """The rows.py row: the five common keys always, `value`/`unit` when set."""
-        return {k: v for k, v in vars(self).items() if v is not None or k not in ("value", "unit")}
-
-
-def verdict(met: bool) -> str:
-    return "MET" if met else "MISS"
-
-
-def fmt_times(times: list[float]) -> str:
-    return ", ".join(f"{t:.2f}" for t in times)
-
-
 # -- the run ---------------------------------------------------------------------------
 
 
@@ -225,7 +189,7 @@ def alternate(args, loaded, store, replay) -> Rounds:
         for side in (["probe", "raw"] if n % 2 == 0 else ["raw", "probe"]):
             replay.control("/requests/reset", {})
             if side == "probe":
-                seconds, rounds.result = time_probe(loaded, store)
+                seconds, rounds.result = time_probe(loaded, store, PROBE, ACTION)
                 if rounds.result.status is not Status.OK:
                     raise RuntimeError(f"probe run {n + 1}: {rounds.result.status.value} {rounds.result.reason}")
                 rounds.probe_times.append(seconds)
@@ -258,7 +222,7 @@ def measure(args, work: Path, replay) -> list[Figure]:
     config = write_config(work, replay, args.vms, args.page_size)
     loaded = load(config)
     with Store(loaded.database_path) as store:
-        first, result = time_probe(loaded, store)
+        first, result = time_probe(loaded, store, PROBE, ACTION)
         if result.status is not Status.OK:
             raise RuntimeError(f"the probe did not read the server: {result.status.value} {result.reason}")
         print(f"  first probe run (empty store, {len(result.assets):,} assets new, not timed): {first:.2f}s "
@@ -268,23 +232,8 @@ def measure(args, work: Path, replay) -> list[Figure]:
         check_same_work(rounds, health["restore_points"])
         figures = report(args, health, rounds)
         if not figures[0].met or args.profile:
-            profile(loaded, store)
+            print_profile(lambda: time_probe(loaded, store, PROBE, ACTION)[0], "one probe run")
     return figures
-
-
-def profile(loaded, store, top: int = 15) -> None:
-    """Print where one probe run spends its time (cProfile, sorted by own time)."""
-    prof = cProfile.Profile()
-    prof.enable()
-    seconds, _ = time_probe(loaded, store)
-    prof.disable()
-    buf = io.StringIO()
-    pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(top)
-    print(f"\nWhere one probe run spends its time ({seconds:.2f}s under cProfile, sorted by own time; "
-          "profiling inflates Python-heavy parts):")
-    body = buf.getvalue()
-    start = body.find("   ncalls")
-    print(body[start:].rstrip() if start >= 0 else body)
 
 
 def report(args, health: dict, rounds: Rounds) -> list[Figure]:

@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import Figure, fmt_times, time_probe, verdict  # noqa: E402
 from rows import emit  # noqa: E402
 
 RAW_GOAL = 1.5  # probe / one raw RetrievePropertiesEx, at most
@@ -116,16 +117,6 @@ def raw_session(sim):
 
 
 # -- the two sides of part 1 -----------------------------------------------------------
-
-
-def time_probe(loaded, store) -> tuple[float, object]:
-    """drcheck's side: one `run_probe` end to end (connect and log in, every sweep, the
-    assets and findings, the store transaction, log out). Returns (seconds, result)."""
-    from drcheck.engine import run_probe
-
-    t0 = time.perf_counter()
-    result = run_probe(loaded, store, PROBE)
-    return time.perf_counter() - t0, result
 
 
 def raw_sweep(si) -> tuple[float, list]:
@@ -375,7 +366,7 @@ def measure_restore_tests(args, work: Path, tls) -> list[Figure]:
         config = write_config(work, sim, rotation_tests(concurrency))
         loaded = load(config)
         with Store(loaded.database_path) as store:
-            probe_seconds, result = time_probe(loaded, store)  # also the rotation's inventory
+            probe_seconds, result = time_probe(loaded, store, PROBE)  # also the rotation's inventory
             if result.status is not Status.OK:
                 raise RuntimeError(f"the probe did not read the inventory: {result.reason}")
             figures = wan_inventory(args, sim, vms, probe_seconds)
@@ -466,32 +457,8 @@ def window_figures(args, concurrency: int, in_turn: TestRun, at_once: TestRun) -
 # -- reporting -------------------------------------------------------------------------
 
 
-@dataclass
-class Figure:
-    name: str
-    drcheck_seconds: float | None
-    baseline_seconds: float | None
-    ratio: float | None
-    goal: str | None
-    met: bool | None
-    value: float | None = None
-    unit: str | None = None
-
-    def row(self) -> dict:
-        """The rows.py row: the five common keys always, `value`/`unit` when set."""
-        return {k: v for k, v in vars(self).items() if v is not None or k not in ("value", "unit")}
-
-
-def verdict(met: bool) -> str:
-    return "MET" if met else "MISS"
-
-
 def fmt_calls(calls: dict[str, int]) -> str:
     return f"{sum(calls.values())} (" + ", ".join(f"{k} {v}" for k, v in sorted(calls.items())) + ")"
-
-
-def fmt_times(times: list[float]) -> str:
-    return ", ".join(f"{t:.2f}" for t in times)
 
 
 # -- the run ---------------------------------------------------------------------------
@@ -520,7 +487,7 @@ def alternate(args, loaded, store, sim, si) -> Rounds:
         for side in sides:
             sim.reset_calls()
             if side == "probe":
-                seconds, rounds.result = time_probe(loaded, store)
+                seconds, rounds.result = time_probe(loaded, store, PROBE)
                 if rounds.result.status is not Status.OK:
                     raise RuntimeError(f"probe run {n + 1}: {rounds.result.status.value} {rounds.result.reason}")
                 rounds.probe_times.append(seconds)
@@ -548,7 +515,7 @@ def measure_inventory(args, work: Path, sim) -> list[Figure]:
     with Store(loaded.database_path) as store:
         # Untimed first run: every asset is new to the store (the agent's steady state
         # is the timed one: assets unchanged since the last run).
-        first, result = time_probe(loaded, store)
+        first, result = time_probe(loaded, store, PROBE)
         if result.status is not Status.OK:
             raise RuntimeError(f"the probe did not read the inventory: {result.status.value} {result.reason}")
         print(f"  first probe run (empty store, {len(result.assets):,} assets new, not timed): {first:.2f}s "
