@@ -6,6 +6,7 @@ risks, vendor contacts, the compliance matrix and the executive summary. Pure re
 from __future__ import annotations
 
 import heapq
+import re
 from collections import Counter
 from datetime import datetime, timedelta
 from typing import Any, Iterable
@@ -177,8 +178,14 @@ def vendor_contacts(loaded: LoadedConfig) -> list[dict]:
     return sorted(merged.values(), key=lambda m: (m["contact"].vendor.lower(), m["contact"].product))
 
 
+def rule_key(rule: str) -> tuple:
+    """Rule ids in their natural order: R2 before R10, R rules before P rules."""
+    letter, number, rest = re.fullmatch(r"([A-Z]+)(\d*)(.*)", rule).groups()
+    return (letter != "R", letter, int(number or 0), rest)
+
+
 def _order(r: RuleResult) -> tuple:
-    return (r.passed, SEVERITY_ORDER.get(r.severity.value, 2), r.rule, r.system or "", r.subject or "")
+    return (r.passed, SEVERITY_ORDER.get(r.severity.value, 2), rule_key(r.rule), r.system or "", r.subject or "")
 
 
 def compliance_matrix(results: list[RuleResult]) -> dict:
@@ -188,7 +195,7 @@ def compliance_matrix(results: list[RuleResult]) -> dict:
     for r in results:
         counts = per_rule.setdefault(r.rule, Counter())
         counts["failed" if not r.passed else "declared" if r.declared else "proven"] += 1
-    rules = [{"id": rid, "rule": RULES[rid], "counts": per_rule.get(rid, Counter())} for rid in RULES]
+    rules = [{"id": rid, "rule": RULES[rid], "counts": per_rule.get(rid, Counter())} for rid in sorted(RULES, key=rule_key)]
     return {"rules": rules, "results": sorted(results, key=_order)}
 
 
