@@ -56,3 +56,16 @@ def test_an_unwritable_output_is_one_line_and_exit_1(configured, tmp_path, where
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in done.stderr
     assert lines[0].startswith("drcheck report plan: cannot write the plan into ") and str(tmp_path / where) in lines[0]
+
+
+def test_without_weasyprint_the_plan_says_so_in_one_line(configured, tmp_path):
+    """A machine where WeasyPrint cannot load (here: its import blocked) gets one line naming
+    the packages and --no-pdf, exit status 1, and no half a plan."""
+    program = ("import sys; sys.modules['weasyprint'] = None; from drcheck.cli import main; "
+               f"sys.argv = ['drcheck', '--config', {str(configured.path)!r}, 'report', 'plan', "
+               f"'-o', {str(tmp_path / 'plans')!r}]; main()")
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("drcheck report plan: cannot make PDFs") and "--no-pdf" in line
+    assert not (tmp_path / "plans").exists() or list((tmp_path / "plans").iterdir()) == []
