@@ -15,13 +15,16 @@ import pytest
 from drcheck import pdf
 from drcheck.plan import plan_context, render_html, render_plan
 from drcheck.store import Store
-from tests.e2e.test_report_screenshot import chromium
 from tests.integration.test_plan_render import SECTIONS, h2s
 from tests.plan_fixtures import NOW, district, fill_district, fill_many, many_systems
 
 pytestmark = pytest.mark.e2e
 WIDTH, HEIGHT = 1280, 1800
 BAD_RED = (0xB4, 0x23, 0x18)  # --bad in reports/plan.css: FAILED and CRITICAL badges
+
+
+def chromium() -> str | None:
+    return "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else shutil.which("chromium")
 
 
 def poppler() -> None:
