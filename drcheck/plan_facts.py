@@ -21,6 +21,8 @@ from drcheck.store import Store, parse_ts, ts
 DURATION_RULES = ("R1.", "R2.", "R3.vm_protected", "R7.", "R8.test_cadence", "R9.")
 SEVERITY_ORDER = {Severity.CRITICAL.value: 0, Severity.WARNING.value: 1}
 WORST_PROBLEMS = 15
+# rules about a probe's reachability, whose subject is the probe (which may share its copy's name)
+PROBE_RULES = {"P1.watched", "P2.probe_up"}
 
 
 def format_value(value: Any, rule: str = "") -> str:
@@ -115,11 +117,13 @@ def verification_checks(store: Store, facts: Facts) -> dict[str, list[dict]]:
 def copy_rows(loaded: LoadedConfig, facts: Facts, results: list[RuleResult], now: datetime) -> dict[str, list[dict]]:
     """system -> one row per copy of its data: the copies its probes list it in, then any
     other copy holding a point of it; with site, distance, media, the declared protection
-    facts, the newest point and its age against the RPO, and the rule results about it."""
+    facts, the newest point and its age against the RPO, and the rule results whose subject
+    is that copy (probe reachability aside)."""
     cfg = loaded.config
     about: dict[tuple[str | None, str | None], list[RuleResult]] = {}
     for r in results:
-        about.setdefault((r.system, r.subject), []).append(r)
+        if r.rule not in PROBE_RULES:
+            about.setdefault((r.system, r.subject), []).append(r)
     rows: dict[str, list[dict]] = {}
     for system, runbook in sorted(loaded.runbooks.items()):
         names = [c for p in facts.probes_of.get(system, []) for c in cfg.probes[p].copies_of(system)]
