@@ -4,8 +4,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-DEMO_DEBS := restic borgbackup sqlite3 ca-certificates golang-go golang-github-vmware-govmomi-dev dovecot-imapd
-TEST_DEBS := $(DEMO_DEBS) chromium fonts-dejavu-core
+DEMO_DEBS := restic borgbackup sqlite3 ca-certificates golang-go golang-github-vmware-govmomi-dev dovecot-imapd libpango-1.0-0 libpangoft2-1.0-0 fonts-dejavu-core
+TEST_DEBS := $(DEMO_DEBS) chromium poppler-utils
 
 .PHONY: demo test bench run clean system-python
 

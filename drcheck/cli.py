@@ -371,6 +371,39 @@ def report_weekly(state: State, output: Path | None) -> None:
     out.print(f"weekly report: {escape(str(path))}")
 
 
+@report.command("plan")
+@click.option("--output", "-o", type=click.Path(path_type=Path),
+              help="directory to write into (default: reports.output_dir)")
+@click.option("--no-pdf", is_flag=True, help="write the HTML only")
+@click.option("--json", "as_json", is_flag=True, help='print {"html": PATH, "pdf": PATH or null}')
+@pass_state
+def report_plan(state: State, output: Path | None, no_pdf: bool, as_json: bool) -> None:
+    """Render the DR / IT contingency plan (NIST SP 800-34 structure) from the measured
+    evidence: HTML and PDF, never overwriting an earlier plan. A directory that cannot be
+    written, or a PDF that cannot be made, is one line on stderr and exit status 1."""
+    from drcheck.pdf import PdfError
+    from drcheck.plan import render_plan
+
+    loaded = state.loaded()
+    directory = output or loaded.config.reports.output_dir
+    with state.store() as store:
+        try:
+            files = render_plan(loaded, store, directory, utcnow(), pdf=not no_pdf)
+        except PdfError as exc:
+            err.print(f"drcheck report plan: {exc}", markup=False)
+            sys.exit(1)
+        except OSError as exc:
+            err.print(f"drcheck report plan: cannot write the plan into {directory}: "
+                      f"{exc.strerror or exc}", markup=False)
+            sys.exit(1)
+    if as_json:
+        click.echo(json.dumps({"html": str(files.html), "pdf": str(files.pdf) if files.pdf else None}))
+        return
+    out.print(f"DR plan: {escape(str(files.html))}")
+    if files.pdf:
+        out.print(f"DR plan (PDF): {escape(str(files.pdf))}")
+
+
 @cli.command()
 @pass_state
 def run(state: State) -> None:

@@ -3,8 +3,8 @@
 The lab is whatever the configuration describes: sample data at every system's source
 path, a repository for every probe (each kind builds its own through `lab_repository`),
 and four backups over the last three days (planting canaries before each); then every
-probe action, a test restore of every test, the status table, the weekly report and the
-metrics.
+probe action, a test restore of every test, the status table, the weekly report, the DR
+plan (HTML and PDF) and the metrics.
 One system (payroll) stops being backed up after the first snapshot, so the demo shows
 how drcheck reports a missed backup.
 """
@@ -168,6 +168,7 @@ def run_demo(state) -> int:
     from drcheck import console
     from drcheck.engine import open_store, probe_actions, run_probe, run_restore_tests
     from drcheck.metrics import write_textfile
+    from drcheck.plan import render_plan
     from drcheck.reporting import render_weekly
     from drcheck.kinds import rotation_coverage
     from drcheck.status import system_statuses, vm_statuses
@@ -210,8 +211,11 @@ def run_demo(state) -> int:
             console.print_unprotected(vms)
         console.print_rotations(rotation_coverage(loaded, store, now))
         report = render_weekly(loaded, store, loaded.config.reports.output_dir, now)
+        plan = render_plan(loaded, store, loaded.config.reports.output_dir, now)
         metrics = write_textfile(loaded, store, loaded.config.agent.state_dir / "metrics.prom")
     say(f"\n[bold]Weekly report:[/] {report}")
+    say(f"[bold]DR plan:[/] {plan.html}")
+    say(f"[bold]DR plan (PDF):[/] {plan.pdf}")
     say(f"[bold]Metrics:[/] {metrics} (a snapshot); `drcheck run` serves them live at "
         f"http://{loaded.config.metrics.listen}/metrics")
     say(f"[bold]Database:[/] {loaded.database_path}")
