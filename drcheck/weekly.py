@@ -62,8 +62,9 @@ def system_copies(loaded: LoadedConfig, facts: Facts, statuses: list[SystemStatu
     site, distance, media, the newest point's full id and its age against the RPO.
 
     A copy counts as off-site when its site is at least `policy.offsite_km` away
-    (`[sites.X].distance_km`); a system without one gets no `offsite`, which the report
-    shows as a red "no off-site copy" row."""
+    (`[sites.X].distance_km`) and it holds a current restore point of the system (a
+    configured copy holding nothing protects nothing); a system without one gets no
+    `offsite`, which the report shows as a red "no off-site copy" row."""
     cfg = loaded.config
     rows = []
     for status in statuses:
@@ -88,7 +89,8 @@ def system_copies(loaded: LoadedConfig, facts: Facts, statuses: list[SystemStatu
                 if not point.within_rpo:
                     row.problem = "older than the RPO"
             item.copies.append(row)
-        far = [c for c in item.copies if c.distance_km is not None and c.distance_km >= cfg.policy.offsite_km]
+        far = [c for c in item.copies
+               if c.point_id and c.distance_km is not None and c.distance_km >= cfg.policy.offsite_km]
         item.offsite = max(far, key=lambda c: c.distance_km or 0).copy if far else None
         rows.append(item)
     return rows

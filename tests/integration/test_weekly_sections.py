@@ -20,6 +20,7 @@ from drcheck.protection import backed_up
 from drcheck.reporting import render_weekly, weekly_context
 from drcheck.results import CheckResult, Finding, InventoryAsset, ProbeResult, RestoreTestResult, Severity, Status
 from drcheck.store import Store
+from tests.integration.conftest import Recorder
 from tests.integration.test_weekly_report import NOW, parse
 
 H = timedelta(hours=1)
@@ -80,17 +81,22 @@ def test_each_copy_shows_site_media_full_point_id_and_age_and_a_missing_offsite_
         assert "80 km" in row.text()
 
 
-def test_a_copy_far_enough_away_counts_as_offsite(tmp_path, make_config):
+def test_a_copy_far_enough_away_counts_as_offsite_once_it_holds_a_point(tmp_path, make_config):
     loaded = make_config()
     data = tomllib.loads(loaded.path.read_text())
     data["copies"]["lab-restic"]["site"] = "barracuda-cloud"  # 1200 km away
     loaded.path.write_text(tomli_w.dumps(data))
     loaded = load(loaded.path)
     with Store(loaded.database_path) as store:
+        empty = report(loaded, store, tmp_path).doc  # configured, but holding nothing yet
+        missing = {tr.attrs["data-system"] for tr in rows(empty, "copies") if "offsite-missing" in tr.classes}
+        assert missing == set(loaded.runbooks)
+        Recorder(loaded, store).probe({"sis": NOW - 3 * H}, at=NOW - H)
         doc = report(loaded, store, tmp_path).doc
-    copies = rows(doc, "copies")
-    assert not [tr for tr in copies if "offsite-missing" in tr.classes]
-    assert "1200 km" in copies[0].find_all("td")[2].text()
+    missing = {tr.attrs["data-system"] for tr in rows(doc, "copies") if "offsite-missing" in tr.classes}
+    assert missing == set(loaded.runbooks) - {"sis"}
+    sis = doc.find("table", "copies").find("tr", data_system="sis", data_copy="lab-restic").find_all("td")
+    assert sis[2].text() == "barracuda-cloud 1200 km"
 
 
 # -- runbook facts -----------------------------------------------------------------------
@@ -180,7 +186,7 @@ def test_coverage_shows_canaries_planted_and_found_and_the_checks_that_ran(loade
     sis = doc.find("table", "coverage").find("tr", data_test="sis-files")
     cells = sis.find_all("td")
     assert cells[2].text() == "3"
-    assert cells[3].text() == "3 planted; found in 1 of 3 run(s) (1 stopped before the check)"
+    assert cells[3].text() == "3 planted; found in 1 of 3 run(s) (1 without a canary check)"
     checks = {span.attrs["data-check"]: span.text() for span in cells[4].find_all("span", "check")}
     assert checks == {"canary": "canary 1/2", "expected paths": "expected paths 2/2"}
     assert "over" in cells[4].find("span", "check", data_check="canary").all_classes()
