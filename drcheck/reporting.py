@@ -24,7 +24,7 @@ from drcheck.atomic import write_new
 from drcheck.charts import rto_chart
 from drcheck.config_loader import LoadedConfig
 from drcheck.durations import format_duration
-from drcheck.kinds import rotation_coverage
+from drcheck.kinds import probe_module, rotation_coverage
 from drcheck.rules import Facts, evaluate, failing
 from drcheck.status import system_statuses, test_run, vm_statuses
 from drcheck.store import Store, parse_ts
@@ -100,7 +100,8 @@ def weekly_context(loaded: LoadedConfig, store: Store, now: datetime) -> dict:
         "timezone": loaded.config.agent.timezone, "database": str(loaded.database_path),
         "copies": weekly.system_copies(loaded, facts, statuses), "offsite_km": loaded.config.policy.offsite_km,
         "runbooks": weekly.runbook_facts(loaded, statuses),
-        "probe_week": weekly.probe_runs_between(store, start, now + timedelta(seconds=1)),
+        "probe_week": weekly.probe_runs_between(store, start, now + timedelta(seconds=1), [
+            (name, action) for name, probe in loaded.config.probes.items() for action in probe_module(probe.kind).ACTIONS]),
         "coverage": weekly.coverage(loaded, store, runs, start, now + timedelta(seconds=1)),
         "changes": weekly.changes(loaded, store, facts, start, now),
         "charts": charts, "chart_weeks": weekly.CHART_WEEKS,

@@ -13,7 +13,7 @@ import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Iterable
 
 from drcheck.config_loader import LoadedConfig
 from drcheck.rules import Facts
@@ -158,32 +158,48 @@ class ProbeWeek:
         return sum(self.counts.values())
 
 
-def probe_runs_between(store: Store, start: datetime, end: datetime) -> list[ProbeWeek]:
-    """Every probe run that finished in [start, end), per (probe, action): two queries,
-    the counts per status and the error runs."""
-    window = [ts(start), ts(end)]
-    weeks: dict[tuple[str, str], ProbeWeek] = {}
-    for row in store.query(
-            "SELECT probe, action, status, COUNT(*) AS n, MIN(finished_at) AS first, MAX(finished_at) AS last "
-            "FROM probe_runs WHERE finished_at >= ? AND finished_at < ? GROUP BY probe, action, status", window):
-        week = weeks.setdefault((row["probe"], row["action"]), ProbeWeek(row["probe"], row["action"]))
-        week.counts[row["status"]] = row["n"]
-        first, last = parse_ts(row["first"]), parse_ts(row["last"])
-        week.first = min(week.first, first) if week.first else first
-        week.last = max(week.last, last) if week.last else last
-    errors: dict[tuple[str, str, str], dict[str, Any]] = {}
-    for row in store.query(
-            "SELECT id, probe, action, reason, finished_at FROM probe_runs WHERE status = 'error' "
-            "AND finished_at >= ? AND finished_at < ? ORDER BY finished_at, id", window):
-        key = (row["probe"], row["action"], row["reason"] or "")
-        when = parse_ts(row["finished_at"])
-        if key not in errors:
-            errors[key] = {"reason": key[2] or "no reason recorded", "count": 0, "first_id": row["id"],
-                           "first": when, "last": when}
-            weeks[key[:2]].errors.append(errors[key])
-        errors[key]["count"] += 1
-        errors[key]["last"] = when
-    return [weeks[k] for k in sorted(weeks)]
+def probe_runs_between(store: Store, start: datetime, end: datetime,
+                       groups: Iterable[tuple[str, str]] = ()) -> list[ProbeWeek]:
+    """Every run that finished in [start, end) of each (probe, action) in `groups` and in
+    `probe_latest` (every action that ever ran to completion).
+
+    Each action's runs are read newest first through the (probe, action, id) index and
+    the reading stops at the first run that finished a day before `start`: the runs of one
+    action never overlap (one lease per job), so its ids follow its finish times, and the
+    cost follows the week's runs, not the years of history (probe_runs has no index on
+    time)."""
+    first, last, early = ts(start), ts(end), ts(start - timedelta(days=1))
+    wanted = set(groups) | {(r["probe"], r["action"]) for r in store.query("SELECT probe, action FROM probe_latest")}
+    weeks = []
+    for probe, action in sorted(wanted):
+        week = ProbeWeek(probe, action)
+        errors: dict[str, dict[str, Any]] = {}
+        cursor = store.db.execute("SELECT id, status, finished_at, reason FROM probe_runs WHERE probe = ? AND "
+                                  "action = ? ORDER BY id DESC", [probe, action])
+        done = False
+        while not done and (rows := cursor.fetchmany(512)):
+            for run_id, status, finished, reason in rows:
+                if finished < early:
+                    done = True
+                    break
+                if not first <= finished < last:
+                    continue
+                week.counts[status] = week.counts.get(status, 0) + 1
+                when = parse_ts(finished)
+                week.first = min(week.first, when) if week.first else when
+                week.last = max(week.last, when) if week.last else when
+                if status == "error":
+                    entry = errors.setdefault(reason or "", {"reason": reason or "no reason recorded", "count": 0,
+                                                             "first_id": run_id, "first": when, "last": when})
+                    entry["count"] += 1
+                    if when <= entry["first"]:
+                        entry["first"], entry["first_id"] = when, run_id
+                    entry["last"] = max(entry["last"], when)
+        cursor.close()
+        if week.counts:
+            week.errors = sorted(errors.values(), key=lambda e: (e["first"], e["first_id"]))
+            weeks.append(week)
+    return weeks
 
 
 # -- canary and check coverage --------------------------------------------------------------
@@ -342,17 +358,15 @@ def rto_history(loaded: LoadedConfig, store: Store, now: datetime, weeks: int = 
     weeks ending at `now`, from every run that measured an RTO (one query; a test measures
     an RTO only when every check passed). Weeks without a measurement are absent."""
     start = now - timedelta(weeks=weeks)
-    worst: dict[str, dict[int, float]] = defaultdict(dict)
+    history: dict[str, list[tuple[datetime, float]]] = defaultdict(list)
     for row in store.query(
-            "SELECT system, started_at, rto_seconds FROM restore_tests WHERE started_at >= ? AND started_at < ? "
-            "AND rto_seconds IS NOT NULL", [ts(start), ts(now + timedelta(seconds=1))]):
-        if row["system"] not in loaded.runbooks:
-            continue
-        week = min(int((parse_ts(row["started_at"]) - start) / timedelta(weeks=1)), weeks - 1)
-        seen = worst[row["system"]]
-        seen[week] = max(seen.get(week, 0.0), row["rto_seconds"])
-    return {system: [(start + timedelta(weeks=w + 0.5), v) for w, v in sorted(by_week.items())]
-            for system, by_week in worst.items()}
+            "SELECT system, MIN(CAST((julianday(started_at) - julianday(?)) / 7 AS INTEGER), ?) AS week, "
+            "MAX(rto_seconds) AS worst FROM restore_tests WHERE started_at >= ? AND started_at < ? "
+            "AND rto_seconds IS NOT NULL GROUP BY system, week ORDER BY system, week",
+            [ts(start), weeks - 1, ts(start), ts(now + timedelta(seconds=1))]):
+        if row["system"] in loaded.runbooks:
+            history[row["system"]].append((start + timedelta(weeks=row["week"] + 0.5), row["worst"]))
+    return dict(history)
 
 
 def details_of(row: dict[str, Any]) -> dict[str, Any]:
