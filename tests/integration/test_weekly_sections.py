@@ -99,6 +99,21 @@ def test_a_copy_far_enough_away_counts_as_offsite_once_it_holds_a_point(tmp_path
     assert sis[2].text() == "barracuda-cloud 1200 km"
 
 
+def test_a_copy_too_near_is_named_as_the_farthest_in_the_no_offsite_row(tmp_path, make_config):
+    loaded = make_config()
+    data = tomllib.loads(loaded.path.read_text())
+    data["copies"]["lab-restic"]["site"] = "nutrition-center"  # 15 km: shares regional disasters
+    loaded.path.write_text(tomli_w.dumps(data))
+    loaded = load(loaded.path)
+    with Store(loaded.database_path) as store:
+        Recorder(loaded, store).probe({"sis": NOW - 3 * H}, at=NOW - H)
+        doc = report(loaded, store, tmp_path).doc
+    row = doc.find("table", "copies").find("tr", "offsite-missing", data_system="sis")
+    assert row.text().endswith("at a site 80 km or more away (farthest holding one: lab-restic, 15 km)")
+    payroll = doc.find("table", "copies").find("tr", "offsite-missing", data_system="payroll")
+    assert payroll.text().endswith("at a site 80 km or more away")  # holds nothing anywhere
+
+
 # -- runbook facts -----------------------------------------------------------------------
 
 
@@ -144,7 +159,7 @@ def test_every_probe_run_of_the_week_is_counted_and_errors_are_listed_with_reaso
     record.probe({"sis": NOW - 10 * D}, at=NOW - 9 * D, status="error", reason="last week's error")  # outside
     for hours in (150, 100, 50):
         record.probe({"sis": NOW - hours * H}, at=NOW - hours * H)
-    record.probe({}, at=NOW - 40 * H, status="error", reason="Fatal: unable to open <repo> & lock")
+    first_lock = record.probe({}, at=NOW - 40 * H, status="error", reason="Fatal: unable to open <repo> & lock")
     record.probe({}, at=NOW - 30 * H, status="error", reason="Fatal: unable to open <repo> & lock")
     record.probe({}, at=NOW - 20 * H, status="error", reason="connection refused")
     record.probe({}, at=NOW - 10 * H, action="check")
@@ -156,9 +171,12 @@ def test_every_probe_run_of_the_week_is_counted_and_errors_are_listed_with_reaso
     # first and last run of the week, local time (NOW - 150h, NOW - 20h)
     assert counts[("lab-restic", "snapshots")][8:] == ["Thu 03-07 01:00", "Tue 03-12 12:00"]
     assert counts[("lab-restic", "check")][2:4] == ["1", "1"]
-    errors = [li.text() for li in table.find("tr", "probe-errors").find_all("li")]
+    items = table.find("tr", "probe-errors").find_all("li")
+    errors = [li.text() for li in items]
     assert len(errors) == 2
-    assert errors[0].startswith("2 × Fatal: unable to open <repo> & lock")
+    assert errors[0] == (f"2 × Fatal: unable to open <repo> & lock (Mon 03-11 16:00 to Tue 03-12 02:00; "
+                         f"first run #{first_lock})")
+    assert items[0].attrs["data-first-run"] == str(first_lock)
     assert errors[1].startswith("1 × connection refused")
     assert "last week's error" not in rep.doc.find("table", "probe-week").text()
     assert "<repo>" not in rep.html  # escaped
