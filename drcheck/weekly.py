@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 from typing import Any, Iterable
 
 from drcheck.config_loader import LoadedConfig
+from drcheck.coverage import uncovered
 from drcheck.rules import Facts
 from drcheck.status import SystemStatus
 from drcheck.store import Store, parse_ts, ts
@@ -41,6 +42,8 @@ class CopyRow:
     age_seconds: float | None = None
     within_rpo: bool = False
     problem: str | None = None
+    configured_paths: list[str] = field(default_factory=list)  # file-level copies: the system's source paths
+    uncovered_paths: list[str] = field(default_factory=list)  # of those, what the newest point does not hold
 
 
 @dataclass
@@ -64,12 +67,18 @@ def system_copies(loaded: LoadedConfig, facts: Facts, statuses: list[SystemStatu
     A copy counts as off-site when its site is at least `policy.offsite_km` away
     (`[sites.X].distance_km`) and it holds a current restore point of the system (a
     configured copy holding nothing protects nothing); a system without one gets no
-    `offsite`, which the report shows as a red "no off-site copy" row."""
+    `offsite`, which the report shows as a red "no off-site copy" row.
+
+    For a file-level copy (restic, borg) the row also says whether the newest point holds
+    the system's configured source paths (`drcheck.coverage.uncovered`, the same judgement
+    as the probes' `wrong_source` finding): a point missing one is a red row. A point
+    stored without its paths is not judged here."""
     cfg = loaded.config
     rows = []
     for status in statuses:
         system = status.system
         points = {p.copy: p for p in status.points}
+        recorded = {row["copy"]: row for row in facts.points.get(system, [])}
         expected: list[str] = []
         for probe in facts.probes_of.get(system, []):
             expected += [c for c in cfg.probes[probe].copies_of(system) if c not in expected]
@@ -88,6 +97,13 @@ def system_copies(loaded: LoadedConfig, facts: Facts, statuses: list[SystemStatu
                 row.within_rpo = point.within_rpo
                 if not point.within_rpo:
                     row.problem = "older than the RPO"
+                stored = recorded.get(name)
+                source = cfg.probes.get(stored["probe"]) if stored else None
+                if source is not None and hasattr(source, "source_paths") and _paths(stored):
+                    row.configured_paths = [str(p) for p in source.source_paths(system)]
+                    row.uncovered_paths = uncovered(row.configured_paths, _paths(stored))
+                    if row.uncovered_paths and row.problem is None:
+                        row.problem = f"newest point does not hold {', '.join(row.uncovered_paths)}"
             item.copies.append(row)
         far = [c for c in item.copies
                if c.point_id and c.distance_km is not None and c.distance_km >= cfg.policy.offsite_km]
@@ -108,6 +124,14 @@ class RunbookFacts:
     mtd_seconds: float
     wrt_seconds: float | None
     depends_on: list[str]
+
+
+def _paths(row: dict[str, Any]) -> list[str]:
+    try:
+        paths = json.loads(row.get("paths") or "[]")
+    except ValueError:
+        return []
+    return [str(p) for p in paths] if isinstance(paths, list) else []
 
 
 def runbook_facts(loaded: LoadedConfig, statuses: list[SystemStatus]) -> list[RunbookFacts]:

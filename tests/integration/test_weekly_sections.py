@@ -18,7 +18,8 @@ import tomli_w
 from drcheck.config_loader import load
 from drcheck.protection import backed_up
 from drcheck.reporting import render_weekly, weekly_context
-from drcheck.results import CheckResult, Finding, InventoryAsset, ProbeResult, RestoreTestResult, Severity, Status
+from drcheck.results import (CheckResult, Finding, InventoryAsset, ProbeResult, RestorePoint, RestoreTestResult,
+                             Severity, Status)
 from drcheck.store import Store
 from tests.integration.conftest import Recorder
 from tests.integration.test_weekly_report import NOW, parse
@@ -112,6 +113,23 @@ def test_a_copy_too_near_is_named_as_the_farthest_in_the_no_offsite_row(tmp_path
     assert row.text().endswith("at a site 80 km or more away (farthest holding one: lab-restic, 15 km)")
     payroll = doc.find("table", "copies").find("tr", "offsite-missing", data_system="payroll")
     assert payroll.text().endswith("at a site 80 km or more away")  # holds nothing anywhere
+
+
+def test_a_file_copy_whose_newest_point_misses_a_source_path_is_red(loaded, store, tmp_path):
+    sis_paths = [str(p) for p in loaded.config.probes["lab-restic"].source_paths("sis")]
+    points = [RestorePoint("sis", "lab-restic", NOW - 3 * H, "a" * 64, paths=tuple(sis_paths), count=3),
+              RestorePoint("payroll", "lab-restic", NOW - 3 * H, "b" * 64, paths=("/tmp/elsewhere",), count=3)]
+    store.record_probe(ProbeResult(probe="lab-restic", kind="restic", action="snapshots", status=Status.OK,
+                                   started_at=NOW - H, finished_at=NOW - H, copy="lab-restic", newest=points))
+    doc = report(loaded, store, tmp_path).doc
+    table = doc.find("table", "copies")
+    sis = table.find("tr", data_system="sis", data_copy="lab-restic")
+    assert sis.attrs["data-ok"] == "yes" and sis.find("span", "paths").text() == f"holds {', '.join(sis_paths)}"
+    payroll = table.find("tr", data_system="payroll", data_copy="lab-restic")
+    payroll_paths = [str(p) for p in loaded.config.probes["lab-restic"].source_paths("payroll")]
+    assert payroll.attrs["data-ok"] == "no"
+    assert payroll.find("span", "paths").text() == f"does not hold {', '.join(payroll_paths)}"
+    assert "over" in payroll.find("span", "paths").classes
 
 
 # -- runbook facts -----------------------------------------------------------------------
