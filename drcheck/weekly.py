@@ -300,7 +300,9 @@ def changes(loaded: LoadedConfig, store: Store, facts: Facts, start: datetime, n
     - restore tests: each configured test's latest run now (`facts.tests`) against its
       latest run that started before `start` (one query): now failed or error after a pass
       or no run before is a *new failure*; now passed after a failure or error is
-      *recovered*. A test that did not run this week has not changed.
+      *recovered*. A test that did not run this week has not changed. (The earlier run is
+      found newest-first by row id through the (system, test, id) index: the runs of one
+      test never overlap, so their ids follow their starts.)
     - VMs: an inventory VM unprotected now (R3, `drcheck.protection.reconcile`) is *newly
       unprotected* when it became so inside the period: its newest restore point crossed
       its RPO after `start`, its exclusion expired after `start`, or, with no restore point
