@@ -156,10 +156,12 @@ def test_a_failed_test_shows_the_phases_it_got_through_and_its_ids(loaded, store
     cells = doc.find("table", "tests").find("tr", data_test_id=str(failed)).find_all("td")
     phases = [li.text() for li in cells[9].find("div", "phases").find_all("li")]
     assert phases == ["snapshots 1.5s (0.00s–1.5s)", "listing 1.5s (1.5s–3.0s)", "restore 1m (3.0s–1m 3s)"]
-    assert cells[10].text() == f"#{failed}"
-    assert cells[4].find("code", "point-id").text() == hashlib.sha256(f"payroll{NOW - 5 * H}".encode()).hexdigest()
+    assert cells[1].find("span", "ref").text() == f"#{failed}"  # the row id an auditor cites
+    full = hashlib.sha256(f"payroll{NOW - 5 * H}".encode()).hexdigest()
+    assert cells[9].find("code", "point-id").text() == full  # the full restore point id
+    assert cells[4].text().endswith(full[:8])  # the point cell keeps the short form
     ok = doc.find("table", "tests").find("tr", data_test_id=str(passed)).find_all("td")
-    assert not ok[9].find_all("div", "phases") and ok[10].text() == f"#{passed}"
+    assert not ok[9].find_all("div", "phases") and ok[1].find("span", "ref").text() == f"#{passed}"
 
 
 def test_a_vm_test_s_phases_come_from_its_details_phases(loaded, store, tmp_path):
@@ -168,6 +170,7 @@ def test_a_vm_test_s_phases_come_from_its_details_phases(loaded, store, tmp_path
     doc = report(loaded, store, tmp_path).doc
     cells = doc.find("table", "tests").find("tr", data_test_id=str(test_id)).find_all("td")
     assert [li.attrs["data-phase"] for li in cells[9].find("div", "phases").find_all("li")] == ["instant_recovery", "boot"]
+    assert not cells[9].find_all("code", "point-id")  # no restore point: none cited
 
 
 # -- every probe run of the week ---------------------------------------------------------
@@ -354,6 +357,9 @@ def test_newly_unprotected_vms_are_those_that_became_so_this_week(tmp_path, monk
     assert "exclusion expired" in new["old-kiosk"]
     shown = {li.attrs["data-vm"] for li in changes(doc, "new-unprotected-vm")}
     assert shown == {"u-new", "u-stale", "u-kiosk"}
+    # the unprotected VMs table names the copy of each stale point (a dict key, not dict.copy)
+    stale = doc.find("table", "vms").find("tr", data_vm="u-stale").find_all("td")
+    assert stale[4].text() == "local: 2d old"
 
 
 def test_an_empty_store_reports_no_change(loaded, store, tmp_path):
