@@ -85,7 +85,9 @@ def weekly_context(loaded: LoadedConfig, store: Store, now: datetime) -> dict:
     counts["skipped"] = sum(1 for row in rows if row["status"] == "skipped")
     chart_start = now - timedelta(weeks=weekly.CHART_WEEKS)
     history = weekly.rto_history(loaded, store, now)
-    charts = [{"system": s.system, "name": s.name, "over": any(v > s.rto_target_seconds for _, v in history[s.system]),
+    charts = [{"system": s.system, "name": s.name, "target": s.rto_target_seconds,
+               "over": sum(v > s.rto_target_seconds for _, v in history[s.system]), "weeks": len(history[s.system]),
+               "worst": max(v for _, v in history[s.system]), "latest": history[s.system][-1][1],
                "svg": rto_chart(s.name, history[s.system], s.rto_target_seconds, chart_start, now)}
               for s in statuses if s.system in history]
     charts.sort(key=lambda c: not c["over"])  # breaches first, then the systems table's order

@@ -388,6 +388,9 @@ def test_the_rto_chart_plots_each_week_s_worst_measured_rto_against_the_target(l
     assert [c.attrs["data-system"] for c in charts] == ["sis", "fileserver"]  # the breach first
     assert charts[0].attrs["data-over"] == "yes" and charts[1].attrs["data-over"] == "no"
     assert "Payroll" in rep.doc.find("p", id="unmeasured").text()
+    # the same figures as text, for a mail client that drops inline SVG
+    assert charts[0].find("div", "chart-note").text() == "newest week 5h, worst 5h, target 4h: over in 1 of 2 week(s)"
+    assert charts[1].find("div", "chart-note").text() == "newest week 1h, worst 1h, target 8h"
     sis, fileserver = svgs(rep.html)
     assert sis.get("width") == "260" and sis.get("height") == "120"
     dots = sis.findall(f"{SVG}circle")
