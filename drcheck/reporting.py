@@ -1,13 +1,17 @@
 """Render reports from the store with Jinja2.
 
-The weekly restore report is for the network administrator: what was tested in the last
-seven days, what failed (first), and each system's measured RTO/RPO against its targets.
+The weekly restore report is for the network administrator and the auditor: a summary
+first (what needs attention, what changed since last week, each system's verdict), then
+the details: measured RTO per system over the last weeks (inline SVG, `drcheck.charts`),
+copies and their ages against the RPO, runbook facts, every restore test of the last seven
+days with its row id, full restore point id and, when it failed, the phases it got
+through, every probe run of the week, and canary and check coverage
+(`drcheck.weekly` computes those sections, one query each).
 Templates ship in the `drcheck.reports` package; `reports.templates_dir` overrides them.
 """
 
 from __future__ import annotations
 
-import json
 from datetime import datetime, timedelta
 from importlib import resources
 from pathlib import Path
@@ -15,11 +19,12 @@ from zoneinfo import ZoneInfo
 
 import jinja2
 
-from drcheck import __version__
+from drcheck import __version__, weekly
 from drcheck.atomic import write_new
+from drcheck.charts import rto_chart
 from drcheck.config_loader import LoadedConfig
 from drcheck.durations import format_duration
-from drcheck.kinds import rotation_coverage
+from drcheck.kinds import probe_module, rotation_coverage
 from drcheck.rules import Facts, evaluate, failing
 from drcheck.status import system_statuses, test_run, vm_statuses
 from drcheck.store import Store, parse_ts
@@ -68,8 +73,9 @@ def weekly_context(loaded: LoadedConfig, store: Store, now: datetime) -> dict:
         if row["status"] == "skipped":  # refused because another run held the test: no evidence either way
             continue
         run = test_run(row)
-        details = json.loads(row["details"]) if row.get("details") else {}
-        runs.append({"run": run, "row": row, "checks": checks.get(row["id"], []), "details": details})
+        details = weekly.details_of(row)
+        runs.append({"run": run, "row": row, "checks": checks.get(row["id"], []), "details": details,
+                     "phases": weekly.phases(details) if run.status != "passed" else []})
     runs.sort(key=lambda r: (STATUS_ORDER.get(r["run"].status, 0), -r["run"].started_at.timestamp()))
     facts = Facts.read(loaded, store)
     results = evaluate(loaded, store, now, facts)
@@ -77,6 +83,14 @@ def weekly_context(loaded: LoadedConfig, store: Store, now: datetime) -> dict:
     vms = vm_statuses(loaded, store, now, facts)
     counts = {s: sum(1 for r in runs if r["run"].status == s) for s in ("passed", "failed", "error")}
     counts["skipped"] = sum(1 for row in rows if row["status"] == "skipped")
+    chart_start = now - timedelta(weeks=weekly.CHART_WEEKS)
+    history = weekly.rto_history(loaded, store, now)
+    charts = [{"system": s.system, "name": s.name, "target": s.rto_target_seconds,
+               "over": sum(v > s.rto_target_seconds for _, v in history[s.system]), "weeks": len(history[s.system]),
+               "worst": max(v for _, v in history[s.system]), "latest": history[s.system][-1][1],
+               "svg": rto_chart(s.name, history[s.system], s.rto_target_seconds, chart_start, now)}
+              for s in statuses if s.system in history]
+    charts.sort(key=lambda c: not c["over"])  # breaches first, then the systems table's order
     return {
         "agent": loaded.config.agent.name, "version": __version__, "generated_at": now,
         "period_start": start, "period_end": now, "systems": statuses,
@@ -86,6 +100,14 @@ def weekly_context(loaded: LoadedConfig, store: Store, now: datetime) -> dict:
         "unclaimed_failing": [r for r in failing(results) if r.system is None],
         "probes": store.latest_probe_runs(), "findings": store.findings_of_latest_runs(),
         "timezone": loaded.config.agent.timezone, "database": str(loaded.database_path),
+        "copies": weekly.system_copies(loaded, facts, statuses), "offsite_km": loaded.config.policy.offsite_km,
+        "runbooks": weekly.runbook_facts(loaded, statuses),
+        "probe_week": weekly.probe_runs_between(store, start, now + timedelta(seconds=1), [
+            (name, action) for name, probe in loaded.config.probes.items() for action in probe_module(probe.kind).ACTIONS]),
+        "coverage": weekly.coverage(loaded, store, runs, start, now + timedelta(seconds=1)),
+        "changes": weekly.changes(loaded, store, facts, start, now),
+        "charts": charts, "chart_weeks": weekly.CHART_WEEKS,
+        "unmeasured": [s for s in statuses if s.system not in history],
     }
 
 

@@ -264,13 +264,15 @@ def test_each_system_appears_with_tier_targets_and_latest_measurements(week):
 
     payroll = week.report.system_row("payroll")
     assert payroll[S_POINTS].text() == "lab-restic: 2d 2h old" and verdict(payroll[S_POINTS]) == "over"
-    assert payroll[S_LAST].text() == "failed Wed 03-13 02:00 payroll-files · from lab-restic"  # which copy it proved
+    # which copy it proved, and the test's row id an auditor can cite
+    assert payroll[S_LAST].text() == f"failed Wed 03-13 02:00 payroll-files · from lab-restic · #{week.ids['payroll_failed']}"
     assert (payroll[S_RTO].text(), verdict(payroll[S_RTO])) == ("—", None)
     assert (payroll[S_RPO].text(), verdict(payroll[S_RPO])) == ("1d 6h", "over")
 
     sis = week.report.system_row("sis")
     assert sis[S_POINTS].text() == "lab-restic: 3h old" and verdict(sis[S_POINTS]) == "within"
-    assert sis[S_LAST].text() == "passed Wed 03-13 01:30 sis-files · from lab-restic"  # the error earlier in the week was superseded
+    # the error earlier in the week was superseded
+    assert sis[S_LAST].text() == f"passed Wed 03-13 01:30 sis-files · from lab-restic · #{week.ids['sis_passed']}"
     assert (sis[S_RTO].text(), verdict(sis[S_RTO])) == ("4h", "within")
     assert (sis[S_RPO].text(), verdict(sis[S_RPO])) == ("6h", "within")
 
@@ -303,7 +305,7 @@ def test_text_from_the_store_is_html_escaped(week):
     reason = week.report.test_row(week.ids["payroll_failed"])[T_REASON]
     assert "<script>alert('pwned')</script>" in reason.find("strong").text()
     checks = [li.text() for li in reason.find("ul", "checks").find_all("li")]
-    assert reason.text().endswith("1200 files, 734.0 MB")
+    assert "1200 files, 734.0 MB" in reason.text()
     assert checks == ["passed expected paths: db/payroll.db present",
                       f"failed payroll.db integrity: {PAYROLL_EVIDENCE}"]
 
