@@ -247,6 +247,7 @@ def status(state: State, as_json: bool) -> None:
     from drcheck.kinds import rotation_coverage
     from drcheck.rules import Facts, evaluate, failing
     from drcheck.status import system_statuses, vm_statuses
+    from drcheck.verdicts import operational
 
     loaded = state.loaded()
     now = utcnow()
@@ -258,7 +259,7 @@ def status(state: State, as_json: bool) -> None:
         rotations = rotation_coverage(loaded, store, now)
         left = store.orphaned_leases()  # resources of dead runs the reaper could not remove yet
     # a problem of no system (a VM no runbook claims) fails the status as much as one of a system
-    unclaimed = [r for r in failing(results) if r.system is None]
+    unclaimed = [r for r in failing(operational(results)) if r.system is None]
     if as_json:
         click.echo(json.dumps({"generated_at": now.isoformat(), "systems": [s.to_json() for s in statuses],
                                "unprotected_vms": [vm.to_json() for vm in vms if not vm.protected],

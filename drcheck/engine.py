@@ -128,6 +128,7 @@ def _run_probe(loaded, store, name, action, target, func, progress) -> ProbeResu
         result = probe_error(loaded, name, action, started, f"internal error: {type(exc).__name__}: {exc}")
     store.record_probe(result)
     log.info("probe %s %s: %s %s", name, action, result.status.value, result.reason)
+    track_corrective_actions(loaded, store)
     return result
 
 
@@ -196,7 +197,26 @@ def _run_restore_test(loaded: LoadedConfig, store: Store, name: str, progress: P
                             f"{result.reason}"
         store.record_restore_test(result)
         log.info("restore test %s: %s %s", name, result.status.value, result.reason)
+    track_corrective_actions(loaded, store)
     return results
+
+
+def track_corrective_actions(loaded: LoadedConfig, store: Store) -> None:
+    """Open and close corrective actions from the rules as they stand after a new result
+    (drcheck.corrective). A failure here never fails the job that produced the result."""
+    from drcheck import corrective
+    from drcheck.rules import evaluate
+
+    try:
+        now = utcnow()
+        changes = corrective.sync(store, evaluate(loaded, store, now), now)
+    except STORE_ERRORS:
+        raise
+    except Exception:  # a rule bug must not lose the job's recorded result
+        log.exception("corrective actions could not be updated")
+        return
+    if changes.opened or changes.closed:
+        log.info("corrective actions: %d opened, %d closed", changes.opened, changes.closed)
 
 
 def plant_canary(loaded: LoadedConfig, store: Store, name: str, now: Callable = utcnow) -> Path:

@@ -68,6 +68,12 @@ class ProbeTarget(Strict):
         every file validated. The generic ones (copy, systems) are the loader's."""
         return []
 
+    def proven_facts(self) -> dict[str, set[str]]:
+        """Copy -> the protection facts (CopyConfig keys: encrypted_at_rest, immutable…)
+        this kind verifies by reading the copy at all, so the compliance rules show them
+        as proven rather than declared. Default: none."""
+        return {}
+
 
 class FileBackupTarget(ProbeTarget):
     """Keys of every file-level backup kind (restic, borg): rules mapping its restore

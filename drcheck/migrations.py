@@ -219,3 +219,17 @@ def m007_finding_subjects(db: sqlite_utils.Database) -> None:
     several VMs): the object it is about keeps each one's history apart."""
     db.execute("ALTER TABLE findings ADD COLUMN subject TEXT")
     db.execute("ALTER TABLE current_findings ADD COLUMN subject TEXT")
+
+
+@migrations()
+def m008_corrective_actions(db: sqlite_utils.Database) -> None:
+    """Open corrective actions (POA&M): a failing compliance rule opens an item, a pass
+    closes it; both are events, so the history stays (append-only)."""
+    db["corrective_actions"].create(
+        {"id": int, "event": str, "rule": str, "system": str, "subject": str, "severity": str, "message": str,
+         "at": str, "opened_id": int, "agent": str},
+        pk="id", not_null={"event", "rule", "system", "subject", "at"})
+    db["corrective_actions"].create_index(["rule", "system", "subject", "id"])
+    db["corrective_actions"].create_index(["opened_id"])
+    for statement in append_only_triggers("corrective_actions"):
+        db.execute(statement)

@@ -26,6 +26,7 @@ from drcheck.config_loader import LoadedConfig
 from drcheck.durations import format_duration
 from drcheck.kinds import probe_module, rotation_coverage
 from drcheck.rules import Facts, evaluate, failing
+from drcheck.verdicts import operational
 from drcheck.status import system_statuses, test_run, vm_statuses
 from drcheck.store import Store, parse_ts
 
@@ -97,7 +98,7 @@ def weekly_context(loaded: LoadedConfig, store: Store, now: datetime) -> dict:
         "attention": [s for s in statuses if not s.ok], "runs": runs, "counts": counts,
         "vms": vms, "unprotected_vms": [vm for vm in vms if not vm.protected],
         "rotations": rotation_coverage(loaded, store, now),
-        "unclaimed_failing": [r for r in failing(results) if r.system is None],
+        "unclaimed_failing": [r for r in failing(operational(results)) if r.system is None],
         "probes": store.latest_probe_runs(), "findings": store.findings_of_latest_runs(),
         "timezone": loaded.config.agent.timezone, "database": str(loaded.database_path),
         "copies": weekly.system_copies(loaded, facts, statuses), "offsite_km": loaded.config.policy.offsite_km,

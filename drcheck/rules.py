@@ -17,26 +17,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import lru_cache
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
+from drcheck import compliance_rules
 from drcheck.config_loader import LoadedConfig
 from drcheck.durations import format_duration
 from drcheck.kinds import probe_module
 from drcheck.results import Severity
 from drcheck.store import Store, parse_ts
+from drcheck.verdicts import RULES, Rule, RuleResult  # noqa: F401 (re-exported)
 
 
-@dataclass(frozen=True)
-class Rule:
-    """A rule's identity: what it checks and which controls its results evidence."""
-
-    id: str
-    title: str
-    severity: Severity
-    controls: tuple[str, ...]
-
-
-RULES: dict[str, Rule] = {r.id: r for r in (
+RULES.update({r.id: r for r in (
     Rule("R1.targets", "recovery targets are consistent (RTO ≤ MTD, RTO + WRT ≤ MTD)", Severity.WARNING,
          ("NIST CP-2a.2", "SP 800-34 §3.2.1", "ISO 27001 A.5.30")),
     Rule("R2.backup_age", "newest restore point in each copy is within the RPO", Severity.CRITICAL,
@@ -59,37 +51,36 @@ RULES: dict[str, Rule] = {r.id: r for r in (
          ("NIST CP-9a-c", "ISO 27001 A.8.13")),
     Rule("P1.watched", "a probe watches the system's backups", Severity.CRITICAL, ("NIST CP-9a-c",)),
     Rule("P2.probe_up", "every probe of the system can read its source", Severity.CRITICAL, ("NIST CP-9a-c",)),
-)}
-
-@dataclass(frozen=True)
-class RuleResult:
-    """One rule judged for one system (or for the agent, system None)."""
-
-    rule: str
-    system: str | None
-    passed: bool
-    message: str
-    measured: Any = None
-    threshold: Any = None
-    evidence: tuple[tuple[str, int], ...] = ()  # (table, row id) pairs
-    subject: str | None = None  # the copy, probe or test the result is about, when several
-    probe: str | None = None  # the probe whose reading is judged (P2, R2, R10.source_check)
-    declared: bool = False  # passes on a fact the configuration declares and no probe has verified
-
-    @property
-    def severity(self) -> Severity:
-        return RULES[self.rule].severity
-
-    @property
-    def controls(self) -> tuple[str, ...]:
-        return RULES[self.rule].controls
-
-    def to_json(self) -> dict[str, Any]:
-        return {"rule": self.rule, "system": self.system, "subject": self.subject, "passed": self.passed,
-                "severity": self.severity.value, "measured": self.measured, "threshold": self.threshold,
-                "evidence": [{"table": t, "id": i} for t, i in self.evidence], "message": self.message,
-                "controls": list(self.controls), "declared": self.declared}
-
+    # the compliance rules (drcheck.compliance_rules)
+    Rule("R1.complete", "the runbook names an alternate owner, recovery and validation steps", Severity.WARNING,
+         ("NIST CP-2a.2", "NIST CP-2a.3", "ISO 27001 A.5.30"), "compliance"),
+    Rule("R4.copies", "enough copies on enough media (3-2-1: production + copies, two media)", Severity.CRITICAL,
+         ("NIST CP-9", "NIST CP-6", "CIS 11.2", "ISO 27001 A.8.13"), "compliance"),
+    Rule("R4.offsite", "one copy far away, outside the primary site's hazard zone", Severity.CRITICAL,
+         ("NIST CP-6", "NIST CP-6(1)", "NIST CP-9(3)", "CIS 11.4", "ISO 27001 A.8.13"), "compliance"),
+    Rule("R5.immutable", "one immutable (locked) or offline copy", Severity.CRITICAL,
+         ("NIST CP-9d", "CIS 11.4", "ISO 27001 A.8.13"), "compliance"),
+    Rule("R5.credentials", "one copy administered with credentials outside production's directory",
+         Severity.WARNING, ("NIST CP-9d", "NIST AC-6", "CIS 11.4"), "compliance"),
+    Rule("R6.encryption", "every copy is encrypted at rest and in transit, its key held off-site", Severity.WARNING,
+         ("NIST CP-9(8)", "CIS 11.3", "ISO 27001 A.8.13"), "compliance"),
+    Rule("R7.offsite_lag", "the off-site copy is within the RPO", Severity.CRITICAL,
+         ("NIST CP-9(5)", "NIST CP-6(2)", "ISO 27001 A.8.13"), "compliance"),
+    Rule("R8.test_window", "a restore test passed within the tier's window", Severity.CRITICAL,
+         ("NIST CP-4", "NIST CP-9(1)", "CIS 11.5", "ISO 27001 A.5.30"), "compliance"),
+    Rule("R11.exercise", "the plan was exercised within the policy's window, with an after-action report",
+         Severity.WARNING, ("NIST CP-4", "ISO 22301 §8.5", "ISO 27001 A.5.30"), "compliance"),
+    Rule("R12.plan_review", "the plan was approved or reviewed within the policy's window, changes recorded",
+         Severity.WARNING, ("NIST CP-2d", "NIST CP-2e", "ISO 27001 A.5.30"), "compliance"),
+    Rule("R12.contacts", "contacts and vendors were verified within the policy's window", Severity.WARNING,
+         ("NIST CP-2a.6", "NIST CP-2d"), "compliance"),
+    Rule("R13.training", "every DR role was trained within the policy's window", Severity.WARNING,
+         ("NIST CP-3", "ISO 27001 A.5.30"), "compliance"),
+    Rule("R14.recovery_order", "dependencies are known, acyclic and can be back first", Severity.WARNING,
+         ("NIST CP-2a.2", "SP 800-34 §3.2.3", "NIST CP-10"), "compliance"),
+    Rule("R15.facility", "a copy away from the primary site is not exposed to the same facility risk",
+         Severity.CRITICAL, ("NIST CP-9(3)", "NIST CP-6(1)", "NIST PE-13", "ISO 27001 A.8.13"), "compliance"),
+)})
 
 @dataclass
 class Facts:
@@ -291,7 +282,7 @@ def _measured(rb, system: str, name: str, facts: Facts) -> Iterator[RuleResult]:
                          measured=value, threshold=target.total_seconds(), evidence=evidence, subject=name)
 
 
-CHECKS: tuple[Check, ...] = (_targets, _watched, _probe_health, _tests)
+CHECKS: tuple[Check, ...] = (_targets, _watched, _probe_health, _tests, *compliance_rules.SYSTEM_CHECKS)
 
 
 # -- rules over the inventory as a whole ---------------------------------------------------
@@ -337,7 +328,7 @@ def _runbook_vms(loaded: LoadedConfig, facts: Facts, now: datetime) -> Iterator[
 
 
 InventoryCheck = Callable[[LoadedConfig, Facts, datetime], Iterator[RuleResult]]
-INVENTORY_CHECKS: tuple[InventoryCheck, ...] = (_vm_protected, _runbook_vms)
+INVENTORY_CHECKS: tuple[InventoryCheck, ...] = (_vm_protected, _runbook_vms, *compliance_rules.PLAN_CHECKS)
 
 
 def unprotected_vms(results: list[RuleResult]) -> list[RuleResult]:

@@ -11,6 +11,7 @@ from typing import Any
 from drcheck.config_loader import LoadedConfig
 from drcheck.rules import Facts, RuleResult, evaluate
 from drcheck.store import Store, parse_ts
+from drcheck.verdicts import operational
 
 
 @dataclass
@@ -97,13 +98,16 @@ def system_statuses(loaded: LoadedConfig, store: Store, now: datetime,
     results = evaluate(loaded, store, now, facts) if results is None else results
     cfg = loaded.config
     statuses = []
+    by_system: dict[str | None, list[RuleResult]] = {}
+    for r in operational(results):  # compliance rules are `drcheck compliance`'s and the plan's
+        by_system.setdefault(r.system, []).append(r)
     for system, rb in sorted(loaded.runbooks.items()):
         status = SystemStatus(
             system=system, name=rb.name, tier=rb.tier, owner=rb.owner,
             rto_target_seconds=rb.rto.total_seconds(), rpo_target_seconds=rb.rpo.total_seconds(),
             mtd_seconds=rb.mtd.total_seconds(),
         )
-        mine = [r for r in results if r.system == system]
+        mine = by_system.get(system, [])
         status.failing = [r for r in mine if not r.passed]
         status.problems = [r.message for r in status.failing]
         ages = {r.subject: r for r in mine if r.rule == "R2.backup_age"}

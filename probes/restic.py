@@ -78,7 +78,10 @@ class ResticProbe(FileBackupTarget):
             return value
         return str(resolve_path(Path(value), info))
 
-
+    def proven_facts(self) -> dict[str, set[str]]:
+        """restic encrypts every repository (AES-256, a key only the password opens): a
+        repository this probe can list is encrypted at rest."""
+        return {self.copy: {"encrypted_at_rest"}}
 
 
 def repository(target: ResticProbe) -> ResticRepository:

@@ -59,7 +59,8 @@ def test_plan_shows_measured_evidence(planned):
     assert not local["within_rpo"] and local["age"] == 50 * 3600
     assert re.search(r'data-copy="lab-restic"><td>payroll</td><td>lab-restic</td><td>district-office</td>', html)
     assert "payroll-files" in html and "built-in method" not in html
-    assert [(r.rule, r.passed) for r in local["results"]] == [("R2.backup_age", False)]  # its verdicts ride along
+    # its verdicts ride along: the stale point, and no encryption in transit or key off-site recorded
+    assert [(r.rule, r.passed) for r in local["results"]] == [("R2.backup_age", False), ("R6.encryption", False)]
     # the wet-pipe site is a facility risk; the vendor contact is listed with its systems
     cnc = next(f for f in context["sites"] if f["name"] == "nutrition-center")
     assert any("wet-pipe" in r for r in cnc["risks"]) and any("15 km" in r for r in cnc["risks"])
