@@ -160,6 +160,11 @@ def _chain(directory: Path) -> Iterator[tuple]:
             raise BundleError(f"{path}: a chain entry lacks {CHAIN_COLUMNS}") from None
 
 
+def _seals(directory: Path, table: str) -> list[tuple]:
+    """(row_id, position, row_digest) of the chain entries sealing `table`, by row id."""
+    return sorted((e[2], e[0], e[3]) for e in _chain(directory) if e[1] == table)
+
+
 def _csv_problem(directory: Path, table: str, names: list[str]) -> Broken | None:
     """The first row whose CSV line differs from the JSON Lines row it should show."""
     path = directory / "tables" / f"{table}.csv"
@@ -184,7 +189,8 @@ def verify_bundle(directory: str | os.PathLike, anchor: tuple[int, str] | None =
     directory = Path(directory)
     head = read_head(directory)
     tables = list(head.get("tables", {}))
-    result = check(_chain(directory), lambda t: _table_rows(directory, t), tables, anchor)
+    result = check(_chain(directory), lambda t: _seals(directory, t), lambda t: _table_rows(directory, t), tables,
+                   anchor)
     broken = result.first_broken
     if broken is None and (result.head.count, result.head.digest) != (head["count"], head["digest"]):
         broken = Broken("HEAD", None, f"says {head['count']} entries ending {head['digest'][:16]}…, the chain has "

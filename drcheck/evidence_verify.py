@@ -54,80 +54,89 @@ class Verification:
                 "first_broken": asdict(self.first_broken) if self.first_broken else None}
 
 
-def check(chain: Iterable[tuple], rows_of: Callable[[str], Iterable[dict]], tables: Iterable[str],
+def check(chain: Iterable[tuple], seals_of: Callable[[str], Iterable[tuple]],
+          rows_of: Callable[[str], Iterable[dict]], tables: Iterable[str],
           anchor: tuple[int, str] | None = None) -> Verification:
-    """Walk `chain` ((id, tbl, row_id, row_digest, link, sealed_at) in id order) against
-    the rows `rows_of(table)` yields (column -> value, any order) for each of `tables`."""
+    """Walk `chain` ((id, tbl, row_id, row_digest, link, sealed_at) in id order) for its
+    links, then each table's rows against its seals: `seals_of(table)` yields (row_id,
+    position, row_digest) sorted by row_id, `rows_of(table)` the rows (column -> value) in id
+    order. Memory stays per table, not per chain."""
     problems: list[tuple[float, int, Broken]] = []
 
     def problem(position: float, table: str, row_id: int | None, why: str) -> None:
         problems.append((position, len(problems), Broken(table, row_id, why)))
 
-    sealed: dict[tuple[str, int], tuple[int, str]] = {}
     previous, count, last = GENESIS, 0, ChainHead(0, GENESIS)
+    named: dict[str, None] = dict.fromkeys(tables)
     anchored = anchor is None
     for position, tbl, row_id, digest, stored, sealed_at in chain:
         count += 1
+        named.setdefault(tbl)
         if position != count:
             problem(count, tbl, row_id, f"chain link broken: entry {position} stands at position {count} "
                                         "(chain entries removed or reordered)")
         elif link(previous, position, tbl, row_id, digest, sealed_at) != stored:
             problem(position, tbl, row_id, f"chain link broken at entry {position}: its link does not follow "
                                            "from the previous one (the chain was edited)")
-        if (tbl, row_id) in sealed:
-            problem(position, tbl, row_id, f"sealed twice (chain entries {sealed[tbl, row_id][0]} and {position})")
-        sealed[tbl, row_id] = (position, digest)
         if anchor is not None and position == anchor[0]:
-            anchored = stored == anchor[1]
-            if not anchored:
+            anchored = True
+            if stored != anchor[1]:
                 problem(position, tbl, row_id, f"the chain was rewritten since the anchored head (entry {position} "
                                                f"is no longer {anchor[1][:16]}…)")
-                anchored = True  # reported
         previous, last = stored, ChainHead(position, stored, sealed_at)
     if not anchored:
         problem(LATE, "evidence_chain", None, f"shorter than the anchored head ({count} of {anchor[0]} entries): "
                                               "the chain was cut")
 
-    tables = list(dict.fromkeys([*tables, *(t for t, _ in sealed)]))
     removals = {(r["tbl"], r["row_id"]): (r["row_digest"], r["compaction_id"])
-                for r in (rows_of("evidence_removals") if "evidence_removals" in tables else ())}
-    present: set[tuple[str, int]] = set()
-    for table in tables:
-        unsealed: list[int] = []
-        guesses = 0
-        for row in rows_of(table):
-            key = (table, row["id"])
-            present.add(key)
-            seal = sealed.get(key)
-            if seal is None:
-                unsealed.append(row["id"])
-            elif row_digest(table, row) != seal[1]:
-                guesses += 1
-                other = _whose_content(table, row, sealed) if guesses <= 10 else None
-                why = (f"holds row {other}'s sealed content (rows reordered or renumbered)" if other is not None
-                       else "changed since it was sealed")
-                problem(seal[0], table, row["id"], why)
-        for row_id in sorted(unsealed):
-            problem(LATE, table, row_id, "not sealed (inserted without the chain: the sealing trigger was bypassed)")
-    for key, (position, digest) in sealed.items():
-        if key in present:
-            continue
-        removal = removals.get(key)
-        if removal is None:
-            problem(position, *key, "deleted (no compaction recorded removing it)")
-        elif removal[0] != digest:
-            problem(position, *key, f"changed before compaction {removal[1]} removed it")
-
+                for r in (rows_of("evidence_removals") if "evidence_removals" in named else ())}
+    removed = sum(_merge(table, seals_of, rows_of, removals, problem) for table in named)
     problems.sort(key=lambda p: (p[0], p[1]))
     first = problems[0][2] if problems else None
-    return Verification(not problems, count, last, first, len(problems),
-                        sum(1 for key in removals if key in sealed and key not in present))
+    return Verification(not problems, count, last, first, len(problems), removed)
 
 
-def _whose_content(table: str, row: dict, sealed: dict) -> int | None:
+def _merge(table: str, seals_of, rows_of, removals: dict, problem) -> int:
+    """Match the table's rows with its seals (both in id order), reporting each mismatch;
+    return how many sealed rows are absent as a compaction recorded."""
+    seals, rows = iter(seals_of(table)), iter(rows_of(table))
+    seal, row = next(seals, None), next(rows, None)
+    removed, guesses, last_seal, last_row = 0, 0, None, None
+    while seal is not None or row is not None:
+        if seal is not None and seal[0] == last_seal:
+            problem(seal[1], table, seal[0], f"sealed twice (chain entry {seal[1]} seals it again)")
+            seal = next(seals, None)
+        elif row is not None and last_row is not None and row["id"] <= last_row:
+            problem(LATE, table, row["id"], "out of id order (rows reordered)")
+            row = next(rows, None)
+        elif seal is not None and (row is None or seal[0] < row["id"]):  # sealed, not there
+            removal = removals.get((table, seal[0]))
+            if removal is None:
+                problem(seal[1], table, seal[0], "deleted (no compaction recorded removing it)")
+            elif removal[0] != seal[2]:
+                problem(seal[1], table, seal[0], f"changed before compaction {removal[1]} removed it")
+            else:
+                removed += 1
+            last_seal, seal = seal[0], next(seals, None)
+        elif seal is None or row["id"] < seal[0]:  # there, not sealed
+            problem(LATE, table, row["id"], "not sealed (inserted without the chain: the sealing trigger was bypassed)")
+            last_row, row = row["id"], next(rows, None)
+        else:
+            if row_digest(table, row) != seal[2]:
+                guesses += 1
+                other = _whose_content(table, row, seals_of) if guesses <= 3 else None
+                problem(seal[1], table, row["id"],
+                        f"holds row {other}'s sealed content (rows reordered or renumbered)" if other is not None
+                        else "changed since it was sealed")
+            last_seal, seal = seal[0], next(seals, None)
+            last_row, row = row["id"], next(rows, None)
+    return removed
+
+
+def _whose_content(table: str, row: dict, seals_of) -> int | None:
     """The id of the sealed row of `table` whose content `row` holds now, if any."""
-    for (tbl, row_id), (_position, digest) in sealed.items():
-        if tbl == table and row_id != row["id"] and row_digest(table, {**row, "id": row_id}) == digest:
+    for row_id, _position, digest in seals_of(table):
+        if row_id != row["id"] and row_digest(table, {**row, "id": row_id}) == digest:
             return row_id
     return None
 
@@ -147,6 +156,11 @@ def _rows(conn, table: str) -> Iterator[dict]:
         yield dict(zip(names, values, strict=True))
 
 
+def _seals(conn, table: str) -> Iterator[tuple]:
+    yield from conn.execute("SELECT row_id, id, row_digest FROM evidence_chain WHERE tbl = ? ORDER BY row_id, id",
+                            [table])
+
+
 def verify(store, anchor: tuple[int, str] | None = None) -> Verification:
     """Verify the chain of the store, in one read snapshot. Also a problem: a sealed
     table whose sealing trigger is gone (its new rows would not be sealed)."""
@@ -155,7 +169,8 @@ def verify(store, anchor: tuple[int, str] | None = None) -> Verification:
     try:
         tables = sealed_tables(conn)
         chain = conn.execute("SELECT id, tbl, row_id, row_digest, link, sealed_at FROM evidence_chain ORDER BY id")
-        result = check(chain, lambda t: _rows(conn, t) if t in tables else (), tables, anchor)
+        result = check(chain, lambda t: _seals(conn, t), lambda t: _rows(conn, t) if t in tables else (), tables,
+                       anchor)
         triggers = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
     finally:
         conn.execute("ROLLBACK")
