@@ -33,6 +33,7 @@ SEALED_TABLES = ("probe_runs", "restore_points", "findings", "restore_tests", "c
 GENESIS = hashlib.sha256(b"drcheck evidence chain v1").hexdigest()
 # the sealing time, as drcheck.sqltime.ts writes UTC (millisecond precision)
 SEALED_AT_SQL = "strftime('%Y-%m-%dT%H:%M:%f', 'now') || '+00:00'"
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,9 @@ class ChainHead:
     count: int
     digest: str
     at: str | None = None  # when the newest link was sealed (UTC ISO text)
+
+
+_PLAIN = (str, int)
 
 
 def _canonical(value: Any) -> Any:
@@ -60,9 +64,9 @@ def _canonical(value: Any) -> Any:
 def row_digest(table: str, row: dict[str, Any]) -> str:
     """SHA-256 (hex) of `table` and the row's non-NULL columns (name -> value), canonical
     JSON with sorted keys: a NULL column added later by a migration changes no digest."""
-    body = {name: _canonical(value) for name, value in row.items() if value is not None}
-    text = json.dumps([table, body], sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+    body = {name: value if type(value) in _PLAIN else _canonical(value)
+            for name, value in row.items() if value is not None}
+    return hashlib.sha256(_ENCODER.encode([table, body]).encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def link(previous: str, position: int, table: str, row_id: int, digest: str, sealed_at: str) -> str:
@@ -72,7 +76,8 @@ def link(previous: str, position: int, table: str, row_id: int, digest: str, sea
 
 
 def _sql_row_digest(table: str, *pairs: Any) -> str:
-    return row_digest(table, dict(zip(pairs[::2], pairs[1::2], strict=True)))
+    it = iter(pairs)
+    return row_digest(table, dict(zip(it, it, strict=True)))
 
 
 def register(conn) -> None:
