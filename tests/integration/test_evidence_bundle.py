@@ -144,3 +144,11 @@ def test_the_cli_verifies_exports_and_names_the_broken_row(loaded, store, record
     garbage.write_text("nope")
     refused = runner.invoke(cli, [*config, "evidence", "verify", "--against", str(garbage)])
     assert refused.exit_code == 1 and "unreadable evidence HEAD" in refused.output
+
+
+def test_a_failed_export_leaves_nothing_behind(store, record, tmp_path):
+    week(record, 1)
+    store.close()  # the export fails on its first read, after its working directory exists
+    with pytest.raises(Exception, match="closed"):
+        export(store, tmp_path / "out" / "bundle")
+    assert list((tmp_path / "out").iterdir()) == []
