@@ -119,16 +119,19 @@ def seal_existing(db, table: str) -> int:
     position, previous = last if last else (0, GENESIS)
     sealed_at = conn.execute(f"SELECT {SEALED_AT_SQL}").fetchone()[0]
     names = columns(db, table)
-    batch = []
+    insert = "INSERT INTO evidence_chain (id, tbl, row_id, row_digest, link, sealed_at) VALUES (?, ?, ?, ?, ?, ?)"
+    batch, sealed = [], 0
     for values in conn.execute(f"SELECT * FROM {table} ORDER BY id"):
         row = dict(zip(names, values, strict=True))
         position += 1
         digest = row_digest(table, row)
         previous = link(previous, position, table, row["id"], digest, sealed_at)
         batch.append((position, table, row["id"], digest, previous, sealed_at))
-    conn.executemany("INSERT INTO evidence_chain (id, tbl, row_id, row_digest, link, sealed_at) "
-                     "VALUES (?, ?, ?, ?, ?, ?)", batch)
-    return len(batch)
+        if len(batch) >= 10_000:  # a big old store is sealed in bounded memory
+            conn.executemany(insert, batch)
+            sealed, batch = sealed + len(batch), []
+    conn.executemany(insert, batch)
+    return sealed + len(batch)
 
 
 def head(store) -> ChainHead:

@@ -145,7 +145,10 @@ def _jsonl(path: Path) -> Iterator[dict]:
 
 
 def _table_rows(directory: Path, table: str) -> Iterator[dict]:
-    for row in _jsonl(directory / "tables" / f"{table}.jsonl"):
+    path = directory / "tables" / f"{table}.jsonl"
+    for number, row in enumerate(_jsonl(path), 1):
+        if not isinstance(row, dict) or type(row.get("id")) is not int:
+            raise BundleError(f"{path}:{number}: not a row with an integer id")
         yield {k: _decode(v) for k, v in row.items()}
 
 
@@ -185,13 +188,30 @@ def _csv_problem(directory: Path, table: str, names: list[str]) -> Broken | None
 
 def verify_bundle(directory: str | os.PathLike, anchor: tuple[int, str] | None = None) -> Verification:
     """Verify an exported bundle on its own (no database): the chain, every row, HEAD
-    against the chain's end, and each CSV file against its JSON Lines file."""
-    directory = Path(directory)
+    against the chain's end, and each CSV file against its JSON Lines file. A file that is
+    not in the bundle's format at all raises BundleError naming it."""
+    try:
+        return _verify_bundle(Path(directory), anchor)
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise BundleError(f"{directory}: not a readable evidence bundle: {exc!r}") from None
+
+
+def _verify_bundle(directory: Path, anchor: tuple[int, str] | None) -> Verification:
     head = read_head(directory)
     tables = list(head.get("tables", {}))
-    result = check(_chain(directory), lambda t: _seals(directory, t), lambda t: _table_rows(directory, t), tables,
-                   anchor)
-    broken = result.first_broken
+    disorder: list[Broken] = []
+
+    def rows_of(table: str) -> list[dict]:  # in id order; lines out of order are named after the walk
+        rows = list(_table_rows(directory, table))
+        ids = [row.get("id") for row in rows]
+        if ids != sorted(ids, key=lambda i: (i is None, i)):
+            moved = next(b for a, b in zip(ids, ids[1:], strict=False) if b is None or a is None or b < a)
+            disorder.append(Broken(table, moved, "out of id order (lines reordered in the bundle)"))
+            rows.sort(key=lambda row: (row.get("id") is None, row.get("id")))
+        return rows
+
+    result = check(_chain(directory), lambda t: _seals(directory, t), rows_of, tables, anchor)
+    broken = result.first_broken or (disorder[0] if disorder else None)
     if broken is None and (result.head.count, result.head.digest) != (head["count"], head["digest"]):
         broken = Broken("HEAD", None, f"says {head['count']} entries ending {head['digest'][:16]}…, the chain has "
                                       f"{result.head.count} ending {result.head.digest[:16]}…")

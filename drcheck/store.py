@@ -12,7 +12,9 @@ action and restore test, so no read scans history (see drcheck.migrations).
 
 Mutable operational state: the current-state tables and `leases` (drcheck.leases).
 Results are only ever inserted; `compact()` (drcheck.compaction) is the one audited
-exception. Timestamps are stored as UTC ISO-8601 text and returned as aware datetimes.
+exception. Every result row is sealed in the evidence hash chain by trigger, in its own
+transaction (drcheck.evidence); the SQL functions the triggers call are defined on every
+connection a Store opens. Timestamps are stored as UTC ISO-8601 text and returned as aware datetimes.
 """
 
 from __future__ import annotations

@@ -152,3 +152,20 @@ def test_a_failed_export_leaves_nothing_behind(store, record, tmp_path):
     with pytest.raises(Exception, match="closed"):
         export(store, tmp_path / "out" / "bundle")
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_reordered_lines_in_the_bundle_are_named(bundle):
+    path = bundle / "tables" / "restore_tests.jsonl"
+    rows = lines(path)
+    rows[1], rows[2] = rows[2], rows[1]
+    path.write_text("".join(rows))
+    moved = json.loads(rows[2])["id"]
+    assert verify_bundle(bundle).first_broken == Broken("restore_tests", moved,
+                                                        "out of id order (lines reordered in the bundle)")
+
+
+def test_a_mangled_bundle_file_is_one_line_not_a_traceback(bundle):
+    (bundle / "tables" / "canaries.jsonl").write_text('{"token": "no id"}\n')
+    result = CliRunner().invoke(cli, ["evidence", "verify", "--bundle", str(bundle)])
+    assert result.exit_code == 1 and "canaries.jsonl:1: not a row with an integer id" in result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
