@@ -88,7 +88,9 @@ def export(store, directory: str | os.PathLike) -> Path:
     try:
         (work / "tables").mkdir()
         conn = store.db.conn
-        conn.execute("BEGIN")
+        own = not conn.in_transaction  # one read snapshot (inside a caller's transaction: that one)
+        if own:
+            conn.execute("BEGIN")
         try:
             manifest = {}
             for table in sealed_tables(conn):
@@ -104,7 +106,8 @@ def export(store, directory: str | os.PathLike) -> Path:
                     out.write(_line(dict(zip(CHAIN_COLUMNS, entry, strict=True))))
                     head = ChainHead(entry[0], entry[4], entry[5])
         finally:
-            conn.execute("ROLLBACK")
+            if own:
+                conn.execute("ROLLBACK")
         (work / "HEAD").write_text(json.dumps({
             "format": FORMAT, "count": head.count, "digest": head.digest, "sealed_at": head.at,
             "generated_at": ts(utcnow()), "agent": store.agent, "drcheck": __version__, "tables": manifest,

@@ -165,7 +165,9 @@ def verify(store, anchor: tuple[int, str] | None = None) -> Verification:
     """Verify the chain of the store, in one read snapshot. Also a problem: a sealed
     table whose sealing trigger is gone (its new rows would not be sealed)."""
     conn = store.db.conn
-    conn.execute("BEGIN")
+    own = not conn.in_transaction  # one read snapshot (inside a caller's transaction: that one)
+    if own:
+        conn.execute("BEGIN")
     try:
         tables = sealed_tables(conn)
         chain = conn.execute("SELECT id, tbl, row_id, row_digest, link, sealed_at FROM evidence_chain ORDER BY id")
@@ -173,7 +175,8 @@ def verify(store, anchor: tuple[int, str] | None = None) -> Verification:
                        anchor)
         triggers = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
     finally:
-        conn.execute("ROLLBACK")
+        if own:
+            conn.execute("ROLLBACK")
     gone = [t for t in tables if f"{t}_evidence_seal" not in triggers]
     if result.ok and gone:
         return Verification(False, result.checked, result.head,

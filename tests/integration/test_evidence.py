@@ -257,3 +257,10 @@ def test_a_later_column_on_a_sealed_table_keeps_verifying_once_resealed(store, r
     store.db.execute("UPDATE restore_tests SET note = 'x' WHERE id = 1")
     store.db.conn.commit()
     assert broken(store) == evidence_verify_broken("restore_tests", 1, "changed since it was sealed")
+
+
+def test_verify_reads_inside_a_callers_transaction(store, record):
+    week(record, 1)
+    with store.write_lock():
+        assert verify(store).ok
+    assert verify(store).ok
