@@ -10,9 +10,10 @@ CONTRACT:
   connection the Store opens, so no code path can forget it; a connection without them
   cannot insert results at all ("no such function").
 - `head(store) -> ChainHead`: the number of sealed rows and the digest of the newest link.
-- `verify(store)` / `verify_bundle(dir)` (drcheck.evidence_verify) walk the chain and name
-  the first broken row; `export(store, dir)` (drcheck.evidence_bundle) writes a bundle
-  that `verify_bundle` accepts on its own.
+- `verify(store_or_bundle_dir, anchor=None) -> Verification` walks the chain and names the
+  first broken row (`.ok`, `.first_broken` (table, row_id, why), `.checked`; the walk is
+  drcheck.evidence_verify); `export(store, directory) -> Path` writes a bundle (CSV + JSON
+  Lines + the chain + HEAD, drcheck.evidence_bundle) that `verify` accepts on its own.
 - Compaction (drcheck.compaction) deletes rows on purpose: before deleting, it records each
   row's digest, recomputed from the row, in the sealed `evidence_removals` table, which
   `verify` accepts in place of the row.
@@ -23,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -142,3 +144,21 @@ def head(store) -> ChainHead:
     row = conn.execute("SELECT id, link, sealed_at FROM evidence_chain ORDER BY id DESC LIMIT 1").fetchone() \
         if tables else None
     return ChainHead(row[0], row[1], row[2]) if row else ChainHead(0, GENESIS)
+
+
+def verify(store_or_bundle, anchor: tuple[int, str] | None = None):
+    """Verify a Store's chain, or an exported bundle when given a directory path; `anchor`
+    (count, digest) is an earlier head the chain must still hold."""
+    from drcheck.evidence_bundle import verify_bundle
+    from drcheck.evidence_verify import verify as verify_store
+
+    if isinstance(store_or_bundle, (str, os.PathLike)):
+        return verify_bundle(store_or_bundle, anchor)
+    return verify_store(store_or_bundle, anchor)
+
+
+def export(store, directory):
+    """Write the evidence bundle of `store` into `directory` (new or empty); return its Path."""
+    from drcheck.evidence_bundle import export as export_bundle
+
+    return export_bundle(store, directory)

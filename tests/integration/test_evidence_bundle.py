@@ -169,3 +169,12 @@ def test_a_mangled_bundle_file_is_one_line_not_a_traceback(bundle):
     result = CliRunner().invoke(cli, ["evidence", "verify", "--bundle", str(bundle)])
     assert result.exit_code == 1 and "canaries.jsonl:1: not a row with an integer id" in result.output
     assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_the_evidence_module_verifies_a_store_or_a_bundle(store, record, tmp_path):
+    from drcheck import evidence
+
+    week(record, 2)
+    path = evidence.export(store, tmp_path / "b")
+    assert evidence.verify(store).ok and evidence.verify(path).ok and evidence.verify(str(path)).ok
+    assert evidence.verify(store).head == evidence.verify(path).head == head(store)
