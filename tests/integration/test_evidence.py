@@ -264,3 +264,19 @@ def test_verify_reads_inside_a_callers_transaction(store, record):
     with store.write_lock():
         assert verify(store).ok
     assert verify(store).ok
+
+
+def test_every_append_only_table_is_sealed_over_all_its_columns(tmp_path):
+    """A guard for later migrations: a new append-only (results) table must be sealed
+    (`seal_table(db, name)`), and a column added to a sealed table must be resealed."""
+    from drcheck.evidence_verify import sealed_tables
+
+    with Store(tmp_path / "db") as store:
+        conn = store.db.conn
+        triggers = dict(conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'trigger'").fetchall())
+        append_only = {name[: -len("_no_update")] for name in triggers if name.endswith("_no_update")}
+        assert append_only - {"evidence_chain"} <= set(sealed_tables(conn))
+        for table in sealed_tables(conn):
+            sql = triggers[f"{table}_evidence_seal"]
+            missing = [c for c in evidence.columns(conn, table) if f'NEW."{c}"' not in sql]
+            assert missing == [], f"{table}: the sealing trigger leaves out {missing}"
