@@ -14,7 +14,7 @@ import pytest
 
 from drcheck import evidence
 from drcheck.evidence import GENESIS, SEALED_TABLES, ChainHead, head, link, row_digest
-from drcheck.evidence_verify import verify
+from drcheck.evidence_verify import Broken, verify
 from drcheck.results import Finding, InventoryAsset, ProbeResult, RestorePoint, Severity, Status
 from drcheck.store import Store
 
@@ -92,13 +92,7 @@ def test_editing_one_stored_result_names_it(store, record, table):
     attacker = raw(store)
     attacker.execute(f"DROP TRIGGER {table}_no_update")
     assert attacker.execute(EDITS[table], [victim]).rowcount == 1
-    assert broken(store) == evidence_verify_broken(table, victim, "changed since it was sealed")
-
-
-def evidence_verify_broken(table, row_id, why):
-    from drcheck.evidence_verify import Broken
-
-    return Broken(table, row_id, why)
+    assert broken(store) == Broken(table, victim, "changed since it was sealed")
 
 
 @pytest.mark.parametrize("table", ["probe_runs", "restore_tests", "check_results", "findings", "canaries"])
@@ -109,7 +103,7 @@ def test_deleting_one_stored_result_names_it(store, record, table):
     attacker.execute("PRAGMA foreign_keys = OFF")
     attacker.execute(f"DROP TRIGGER {table}_no_delete")
     attacker.execute(f"DELETE FROM {table} WHERE id = ?", [victim])
-    assert broken(store) == evidence_verify_broken(
+    assert broken(store) == Broken(
         table, victim, "deleted (no compaction recorded removing it)")
 
 
@@ -121,7 +115,7 @@ def test_reordering_stored_results_names_the_row(store, record):
     attacker.execute("UPDATE restore_tests SET id = -1 WHERE id = ?", [a])  # swap two tests' places
     attacker.execute("UPDATE restore_tests SET id = ? WHERE id = ?", [a, b])
     attacker.execute("UPDATE restore_tests SET id = ? WHERE id = -1", [b])
-    assert broken(store) == evidence_verify_broken(
+    assert broken(store) == Broken(
         "restore_tests", a, f"holds row {b}'s sealed content (rows reordered or renumbered)")
     assert verify(store).problems == 2
 
@@ -135,14 +129,14 @@ def test_a_row_inserted_behind_the_chain_is_named(store, record):
     attacker.execute("DROP TRIGGER restore_tests_evidence_seal")
     row_id = attacker.execute("INSERT INTO restore_tests (test, kind, system, status, started_at, finished_at) "
                               "VALUES ('t', 'files', 'sis', 'passed', 'x', 'y')").lastrowid
-    assert broken(store) == evidence_verify_broken(
+    assert broken(store) == Broken(
         "restore_tests", row_id, "not sealed (inserted without the chain: the sealing trigger was bypassed)")
 
 
 def test_a_dropped_sealing_trigger_alone_is_named(store, record):
     week(record, 1)
     raw(store).execute("DROP TRIGGER canaries_evidence_seal")
-    assert broken(store) == evidence_verify_broken(
+    assert broken(store) == Broken(
         "canaries", None, "its sealing trigger is gone: new rows are not sealed")
 
 
@@ -228,7 +222,7 @@ def test_a_row_changed_before_compaction_removed_it_is_named(tmp_path):
         attacker.execute("UPDATE probe_runs SET reason = 'edited' WHERE id = 5")
         attacker.close()
         store.compact(keep_days=0)
-        assert verify(store).first_broken == evidence_verify_broken(
+        assert verify(store).first_broken == Broken(
             "probe_runs", 5, "changed before compaction 1 removed it")
 
 
@@ -256,7 +250,7 @@ def test_a_later_column_on_a_sealed_table_keeps_verifying_once_resealed(store, r
     assert verify(store).ok
     store.db.execute("UPDATE restore_tests SET note = 'x' WHERE id = 1")
     store.db.conn.commit()
-    assert broken(store) == evidence_verify_broken("restore_tests", 1, "changed since it was sealed")
+    assert broken(store) == Broken("restore_tests", 1, "changed since it was sealed")
 
 
 def test_verify_reads_inside_a_callers_transaction(store, record):
