@@ -420,6 +420,81 @@ def run(state: State) -> None:
         sys.exit(1)
 
 
+@cli.group()
+def evidence() -> None:
+    """Tamper-evident evidence: verify the hash chain sealing every stored result, export
+    a bundle an auditor keeps."""
+
+
+def _anchor(path: Path | None) -> tuple[int, str] | None:
+    from drcheck.evidence_bundle import read_head
+
+    if path is None:
+        return None
+    head = read_head(path)
+    return int(head["count"]), str(head["digest"])
+
+
+@evidence.command("verify")
+@click.option("--bundle", type=click.Path(file_okay=False, path_type=Path),
+              help="verify this exported bundle on its own, without the database")
+@click.option("--against", type=click.Path(path_type=Path), metavar="HEAD",
+              help="also require the chain to still hold this earlier head (a bundle's HEAD file or directory)")
+@click.option("--json", "as_json", is_flag=True, help="print the verification as JSON")
+@pass_state
+def evidence_verify(state: State, bundle: Path | None, against: Path | None, as_json: bool) -> None:
+    """Walk the evidence chain, recompute every row's digest and every link; exit 1 naming
+    the first row changed, deleted, reordered, inserted unsealed, or the broken link."""
+    from drcheck.evidence_bundle import BundleError, verify_bundle
+    from drcheck.evidence_verify import verify
+
+    try:
+        anchor = _anchor(against)
+        if bundle is not None:
+            result = verify_bundle(bundle, anchor)
+        else:
+            with state.store() as store:
+                result = verify(store, anchor)
+    except BundleError as exc:
+        err.print(f"drcheck: {exc}", markup=False)
+        sys.exit(1)
+    if as_json:
+        click.echo(json.dumps(result.as_json(), indent=2))
+    elif result.ok:
+        removed = f", {result.removed} removed by compaction as recorded" if result.removed else ""
+        out.print(f"evidence chain intact: {result.checked} rows sealed{removed}; head {result.head.digest}",
+                  markup=False, highlight=False)
+    else:
+        err.print(f"evidence chain broken: {result.first_broken.line()}"
+                  + (f" ({result.problems} problems in all)" if result.problems > 1 else ""),
+                  markup=False, highlight=False)
+    sys.exit(0 if result.ok else 1)
+
+
+@evidence.command("export")
+@click.option("--output", "-o", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="a new (or empty) directory to write the bundle into")
+@click.option("--json", "as_json", is_flag=True, help="print the bundle's HEAD as JSON")
+@pass_state
+def evidence_export(state: State, output: Path, as_json: bool) -> None:
+    """Write the evidence bundle: per table CSV (for people) and JSON Lines (for
+    verification), the chain, and HEAD (count, head digest, generation time, agent)."""
+    from drcheck.evidence_bundle import BundleError, export, read_head
+
+    try:
+        with state.store() as store:
+            path = export(store, output)
+    except BundleError as exc:
+        err.print(f"drcheck: {exc}", markup=False)
+        sys.exit(1)
+    head = read_head(path)
+    if as_json:
+        click.echo(json.dumps({"bundle": str(path), **head}, indent=2))
+    else:
+        out.print(f"evidence bundle: {path} ({head['count']} rows sealed, head {head['digest']})",
+                  markup=False, highlight=False)
+
+
 @cli.command()
 @pass_state
 def demo(state: State) -> None:

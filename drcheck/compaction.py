@@ -15,6 +15,10 @@ everything a report, a plan or an audit needs:
 - of probe runs: the first and last run of each streak of the same outcome (status) per
   (probe, action), every run a kept row refers to, and the latest runs (current state).
 
+Every removed row is first recorded in `evidence_removals` (compaction id, table, row id,
+the row's digest recomputed from the row being deleted), which is itself sealed in the
+evidence chain (drcheck.evidence): `drcheck evidence verify` accepts a recorded removal in
+place of the sealed row, and names a row changed before it was removed.
 Released leases (operational state, not evidence) released before the cutoff go too.
 Only rows whose probe run finished before the cutoff are candidates. The deletion, the
 audit row and the append-only triggers' removal and re-creation happen in one
@@ -28,6 +32,7 @@ import json
 from datetime import timedelta
 from typing import Any, Iterator
 
+from drcheck.evidence import digest_sql
 from drcheck.migrations import append_only_triggers
 from drcheck.results import utcnow
 from drcheck.sqltime import ts
@@ -62,6 +67,14 @@ def _collect(conn, rows: Iterator[tuple], keep) -> int:
     return count + len(batch)
 
 
+def _remove(conn, table: str, compaction_id: int) -> int:
+    """Record in `evidence_removals`, then delete, the rows of `table` named in temp.compact_drop."""
+    conn.execute(f"INSERT INTO evidence_removals (compaction_id, tbl, row_id, row_digest) "
+                 f"SELECT ?, '{table}', id, {digest_sql(conn, table)} FROM {table} "
+                 f"WHERE id IN (SELECT id FROM temp.compact_drop) ORDER BY id", [compaction_id])
+    return conn.execute(f"DELETE FROM {table} WHERE id IN (SELECT id FROM temp.compact_drop)").rowcount
+
+
 def compact(store, keep_days: int) -> dict[str, Any]:
     """Remove redundant probe history older than `keep_days` days (see the module doc);
     return `{"cutoff": <UTC ISO text>, "removed": {table: rows}}` for probe_runs,
@@ -72,6 +85,7 @@ def compact(store, keep_days: int) -> dict[str, Any]:
     cutoff = ts(started - timedelta(days=keep_days))
     conn = store.db.conn
     with store.write_lock():
+        compaction_id = conn.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM compactions").fetchone()[0]
         conn.execute("CREATE TEMP TABLE IF NOT EXISTS compact_old (id INTEGER PRIMARY KEY)")
         conn.execute("DELETE FROM temp.compact_old")
         conn.execute("INSERT INTO temp.compact_old SELECT id FROM probe_runs WHERE finished_at < ? "
@@ -97,8 +111,7 @@ def compact(store, keep_days: int) -> dict[str, Any]:
                               "ORDER BY probe, system, copy, id")
         _collect(conn, _middles_of_streaks(points, lambda r: r[1:4], lambda r: r[4:6], point_consecutive),
                  lambda r: r[6] not in old or r[0] in current_points)
-        removed["restore_points"] = conn.execute(
-            "DELETE FROM restore_points WHERE id IN (SELECT id FROM temp.compact_drop)").rowcount
+        removed["restore_points"] = _remove(conn, "restore_points", compaction_id)
 
         # per-run findings of older stores: the repeats over consecutive runs of an action
         runs = conn.execute("SELECT id, probe, action, status FROM probe_runs ORDER BY probe, action, id").fetchall()
@@ -111,27 +124,26 @@ def compact(store, keep_days: int) -> dict[str, Any]:
         _collect(conn, _middles_of_streaks(legacy, lambda r: r[1:5], lambda r: r[5],
                                            lambda prev, row: position[row[6]] == position[prev[6]] + 1),
                  lambda r: r[6] not in old or r[0] in current_findings)
-        removed["findings"] = conn.execute(
-            "DELETE FROM findings WHERE id IN (SELECT id FROM temp.compact_drop)").rowcount
+        removed["findings"] = _remove(conn, "findings", compaction_id)
 
         # probe runs: the middle of each outcome streak, unless a kept row refers to it
         _collect(conn, _middles_of_streaks(runs, lambda r: (r[1], r[2]), lambda r: r[3]), lambda r: r[0] not in old)
-        removed["probe_runs"] = conn.execute("""DELETE FROM probe_runs WHERE id IN (
-            SELECT d.id FROM temp.compact_drop d
-            WHERE NOT EXISTS (SELECT 1 FROM restore_points x WHERE x.probe_run_id = d.id)
-              AND NOT EXISTS (SELECT 1 FROM findings x WHERE x.probe_run_id = d.id)
-              AND NOT EXISTS (SELECT 1 FROM assets x WHERE x.probe_run_id = d.id)
-              AND NOT EXISTS (SELECT 1 FROM point_removals x WHERE x.probe_run_id = d.id)
-              AND d.id NOT IN (SELECT probe_run_id FROM current_points)
-              AND d.id NOT IN (SELECT probe_run_id FROM current_findings)
-              AND d.id NOT IN (SELECT probe_run_id FROM current_assets))""").rowcount
+        conn.execute("""DELETE FROM temp.compact_drop WHERE
+               EXISTS (SELECT 1 FROM restore_points x WHERE x.probe_run_id = compact_drop.id)
+            OR EXISTS (SELECT 1 FROM findings x WHERE x.probe_run_id = compact_drop.id)
+            OR EXISTS (SELECT 1 FROM assets x WHERE x.probe_run_id = compact_drop.id)
+            OR EXISTS (SELECT 1 FROM point_removals x WHERE x.probe_run_id = compact_drop.id)
+            OR id IN (SELECT probe_run_id FROM current_points)
+            OR id IN (SELECT probe_run_id FROM current_findings)
+            OR id IN (SELECT probe_run_id FROM current_assets)""")
+        removed["probe_runs"] = _remove(conn, "probe_runs", compaction_id)
         for table in _TABLES:
             conn.execute(append_only_triggers(table)[1])
         removed["leases"] = conn.execute("DELETE FROM leases WHERE released_at IS NOT NULL AND released_at < ?",
                                          [cutoff]).rowcount
         conn.execute("DROP TABLE temp.compact_drop")
         conn.execute("DROP TABLE temp.compact_old")
-        conn.execute("INSERT INTO compactions (started_at, finished_at, keep_days, cutoff, removed, agent) "
-                     "VALUES (?, ?, ?, ?, ?, ?)",
-                     [ts(started), ts(utcnow()), keep_days, cutoff, json.dumps(removed), store.agent])
+        conn.execute("INSERT INTO compactions (id, started_at, finished_at, keep_days, cutoff, removed, agent) "
+                     "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                     [compaction_id, ts(started), ts(utcnow()), keep_days, cutoff, json.dumps(removed), store.agent])
     return {"cutoff": cutoff, "removed": removed}

@@ -233,3 +233,25 @@ def m008_corrective_actions(db: sqlite_utils.Database) -> None:
     db["corrective_actions"].create_index(["opened_id"])
     for statement in append_only_triggers("corrective_actions"):
         db.execute(statement)
+
+
+@migrations()
+def m009_evidence_chain(db: sqlite_utils.Database) -> None:
+    """Tamper-evident evidence (drcheck.evidence): every result row is sealed in a hash chain
+    by an AFTER INSERT trigger; compaction records what it removes in `evidence_removals`
+    (itself sealed). Rows written before this migration are sealed now, table by table in
+    id order."""
+    from drcheck.evidence import SEALED_TABLES, seal_existing, seal_table
+
+    db.execute("""CREATE TABLE evidence_chain (
+        id INTEGER PRIMARY KEY, tbl TEXT NOT NULL, row_id INTEGER NOT NULL, row_digest TEXT NOT NULL,
+        link TEXT NOT NULL, sealed_at TEXT NOT NULL)""")
+    db.execute("""CREATE TABLE evidence_removals (
+        id INTEGER PRIMARY KEY, compaction_id INTEGER NOT NULL, tbl TEXT NOT NULL, row_id INTEGER NOT NULL,
+        row_digest TEXT NOT NULL)""")
+    for table in ("evidence_chain", "evidence_removals"):
+        for statement in append_only_triggers(table):
+            db.execute(statement)
+    for table in SEALED_TABLES:
+        seal_existing(db, table)
+        seal_table(db, table)

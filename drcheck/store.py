@@ -12,7 +12,9 @@ action and restore test, so no read scans history (see drcheck.migrations).
 
 Mutable operational state: the current-state tables and `leases` (drcheck.leases).
 Results are only ever inserted; `compact()` (drcheck.compaction) is the one audited
-exception. Timestamps are stored as UTC ISO-8601 text and returned as aware datetimes.
+exception. Every result row is sealed in the evidence hash chain by trigger, in its own
+transaction (drcheck.evidence); the SQL functions the triggers call are defined on every
+connection a Store opens. Timestamps are stored as UTC ISO-8601 text and returned as aware datetimes.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from typing import Any, Iterable, Iterator
 
 import sqlite_utils
 
+from drcheck import evidence
 from drcheck.leases import LeaseConflict, LeaseStore
 from drcheck.migrations import RESULT_TABLES, migrations
 from drcheck.results import Finding, ProbeResult, RestoreTestResult, Severity, Status, utcnow
@@ -87,6 +90,7 @@ class Store(LeaseStore):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.agent = agent
         self.db = sqlite_utils.Database(self.path)
+        evidence.register(self.db.conn)  # the evidence chain's triggers call these
         self.db.conn.execute("PRAGMA busy_timeout = 30000")
         self.db.enable_wal()
         self.db.conn.execute("PRAGMA foreign_keys = ON")
@@ -101,6 +105,7 @@ class Store(LeaseStore):
         store = cls.__new__(cls)
         store.path, store.agent = Path(path), "drcheck"
         store.db = sqlite_utils.Database(conn, recursive_triggers=False, execute_plugins=False)
+        evidence.register(conn)
         return store
 
     def _migrate(self) -> None:
