@@ -406,6 +406,40 @@ def report_plan(state: State, output: Path | None, no_pdf: bool, as_json: bool) 
 
 
 @cli.command()
+@click.option("--json", "as_json", is_flag=True, help="print as JSON")
+@click.option("--all", "show_all", is_flag=True, help="every rule of every scope, not only the compliance rules")
+@pass_state
+def compliance(state: State, as_json: bool, show_all: bool) -> None:
+    """Show the compliance matrix (rule, system, measured vs threshold, declared or proven,
+    controls) and the open corrective actions; exit 1 while a critical rule fails."""
+    from drcheck import corrective
+    from drcheck.rules import evaluate
+    from drcheck.verdicts import RULES
+
+    loaded = state.loaded()
+    now = utcnow()
+    with state.store() as store:
+        results = evaluate(loaded, store, now)
+        corrective.sync(store, results, now)
+        actions = corrective.actions(store)
+    shown = [r for r in results if show_all or RULES[r.rule].scope == "compliance"]
+    if as_json:
+        click.echo(json.dumps({"generated_at": now.isoformat(), "results": [r.to_json() for r in shown],
+                               "corrective_actions": [_action_json(a) for a in actions]}, indent=2))
+    else:
+        from drcheck.console import print_compliance
+
+        print_compliance(shown, actions)
+    sys.exit(1 if any(not r.passed and r.severity.value == "critical" for r in shown) else 0)
+
+
+def _action_json(action) -> dict:
+    return {"id": action.id, "rule": action.rule, "system": action.system, "subject": action.subject,
+            "severity": action.severity, "message": action.message, "opened_at": action.opened_at.isoformat(),
+            "closed_at": action.closed_at.isoformat() if action.closed_at else None}
+
+
+@cli.command()
 @pass_state
 def run(state: State) -> None:
     """Run the agent: scheduled probes and tests, and the metrics endpoint (SIGHUP

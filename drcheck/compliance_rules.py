@@ -126,7 +126,7 @@ def copies(loaded: LoadedConfig, facts, system: str, now: datetime) -> Iterator[
     ok = count >= policy.min_copies and len(media) >= policy.min_media
     yield _rules.RuleResult(
         "R4.copies", system, ok,
-        f"{count} copies (production + {', '.join(c.name for c in held) or 'none'}) on {len(media)} media "
+        f"{count} cop{'y' if count == 1 else 'ies'} (production + {', '.join(c.name for c in held) or 'none'}) on {len(media)} media "
         f"({', '.join(sorted(media))}); policy: {policy.min_copies} copies, {policy.min_media} media",
         measured=count, threshold=policy.min_copies, evidence=_evidence(held))
     away = [c for c in held if is_away(loaded, c)]

@@ -152,3 +152,30 @@ class ProgressView:
         self.progress.__exit__(*exc)
 
 
+
+
+def print_compliance(results, actions) -> None:
+    """The compliance matrix (failing first, critical before warning), then the open
+    corrective actions and since when."""
+    from drcheck.verdicts import RULES, format_measure
+
+    order = {"critical": 0, "warning": 1, "info": 2}
+    rows = sorted(results, key=lambda r: (r.passed, order.get(r.severity.value, 3), r.rule, r.system or "",
+                                          r.subject or ""))
+    table = Table("rule", "system", "status", "measured / threshold", "basis", "controls", "finding",
+                  title="drcheck compliance", box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0))
+    for r in rows:
+        status = "[green]pass[/]" if r.passed else ("[bold red]FAIL[/]" if r.severity.value == "critical"
+                                                    else "[yellow]warn[/]")
+        measured = "" if r.measured is None and r.threshold is None else \
+            f"{format_measure(r.rule, r.measured)} / {format_measure(r.rule, r.threshold)}"
+        basis = "declared" if r.declared else ("measured" if r.evidence else "configured")
+        table.add_row(escape(r.rule), escape(r.system or "—"), status, escape(measured), basis,
+                      escape(", ".join(RULES[r.rule].controls[:3])), escape(r.message))
+    out.print(table)
+    if actions:
+        out.print(f"[bold]{len(actions)} open corrective action{'s' if len(actions) != 1 else ''}[/]")
+        for a in actions:
+            out.print(f"  • {a.rule} {a.system or '(plan)'}: {a.message} (open since {a.opened_at:%Y-%m-%d})",
+                      markup=False, highlight=False)
+

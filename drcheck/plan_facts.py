@@ -11,14 +11,13 @@ from collections import Counter
 from datetime import datetime, timedelta
 from typing import Any, Iterable
 
+from drcheck.verdicts import format_measure
 from drcheck.config_loader import LoadedConfig
-from drcheck.durations import format_duration
 from drcheck.results import Severity
 from drcheck.rules import RULES, Facts, RuleResult
 from drcheck.store import Store, parse_ts, ts
 
 # rules whose measured value and threshold are seconds (the rest print as they are)
-DURATION_RULES = ("R1.", "R2.", "R3.vm_protected", "R7.", "R8.test_cadence", "R9.")
 SEVERITY_ORDER = {Severity.CRITICAL.value: 0, Severity.WARNING.value: 1}
 WORST_PROBLEMS = 15
 # rules about a probe's reachability, whose subject is the probe (which may share its copy's name)
@@ -26,17 +25,10 @@ PROBE_RULES = {"P1.watched", "P2.probe_up"}
 
 
 def format_value(value: Any, rule: str = "") -> str:
-    """A rule's measured value or threshold as the plan prints it (durations for the rules
-    that measure seconds)."""
-    if value is None:
-        return "—"
+    """A rule's measured value or threshold as the plan prints it (`verdicts.format_measure`)."""
     if isinstance(value, bool):
         return "yes" if value else "no"
-    if isinstance(value, (int, float)) and rule.startswith(DURATION_RULES):
-        return format_duration(value)
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
+    return format_measure(rule, value)
 
 
 def recovery_order(runbooks: dict) -> tuple[list[str], set[str]]:

@@ -14,6 +14,7 @@ watch (a probe that cannot read its source proves nothing).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import lru_cache
@@ -81,6 +82,12 @@ RULES.update({r.id: r for r in (
     Rule("R15.facility", "a copy away from the primary site is not exposed to the same facility risk",
          Severity.CRITICAL, ("NIST CP-9(3)", "NIST CP-6(1)", "NIST PE-13", "ISO 27001 A.8.13"), "compliance"),
 )})
+# the unit each rule measures in (how every view prints measured and threshold)
+for _id, _unit in {"R1.targets": "seconds", "R2.backup_age": "seconds", "R3.vm_protected": "seconds",
+                   "R7.offsite_lag": "seconds", "R8.test_cadence": "seconds", "R8.test_window": "seconds",
+                   "R9.rto": "seconds", "R9.rpo": "seconds", "R4.offsite": "km", "R5.immutable": "days",
+                   "R11.exercise": "days", "R12.plan_review": "days", "R13.training": "days"}.items():
+    RULES[_id] = dataclasses.replace(RULES[_id], unit=_unit)
 
 @dataclass
 class Facts:

@@ -20,6 +20,7 @@ class Rule:
     # "operations": is the system recoverable now (status, its exit code, "needs attention");
     # "compliance": is the programme what auditors ask for (`drcheck compliance`, the plan)
     scope: str = "operations"
+    unit: str = ""  # of measured/threshold: "seconds", "km", "days", "" for counts and words
 
 
 RULES: dict[str, Rule] = {}
@@ -59,3 +60,18 @@ class RuleResult:
 def operational(results: list[RuleResult]) -> list[RuleResult]:
     """The results of the operations rules: what `drcheck status` judges a system by."""
     return [r for r in results if RULES[r.rule].scope == "operations"]
+
+
+def format_measure(rule: str, value: Any) -> str:
+    """A measured value or threshold of `rule` in words: durations as durations, km and
+    days with their unit, None as a dash."""
+    from drcheck.durations import format_duration
+
+    if value is None:
+        return "—"
+    unit = RULES[rule].unit if rule in RULES else ""
+    if unit == "seconds" and isinstance(value, (int, float)):
+        return format_duration(value)
+    if isinstance(value, float):
+        value = f"{value:g}"
+    return f"{value} {unit}" if unit in ("km", "days") else str(value)
