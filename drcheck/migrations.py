@@ -219,3 +219,19 @@ def m007_finding_subjects(db: sqlite_utils.Database) -> None:
     several VMs): the object it is about keeps each one's history apart."""
     db.execute("ALTER TABLE findings ADD COLUMN subject TEXT")
     db.execute("ALTER TABLE current_findings ADD COLUMN subject TEXT")
+
+
+@migrations()
+def m010_deliveries(db: sqlite_utils.Database) -> None:
+    """E-mail deliveries of reports (drcheck.delivery): one append-only row per event of a
+    delivery: queued (attempt 0), then each attempt, sent or failed with its reason and the
+    time of the next try. A delivery is pending while its newest row is not `sent`, so a
+    failure is never lost and the queue survives restarts."""
+    db.execute("""CREATE TABLE deliveries (
+        id INTEGER PRIMARY KEY, delivery INTEGER, report TEXT NOT NULL, text_part TEXT, plan TEXT,
+        recipients TEXT NOT NULL, subject TEXT NOT NULL, slot TEXT, status TEXT NOT NULL, reason TEXT,
+        at TEXT NOT NULL, attempt INTEGER NOT NULL, next_attempt_at TEXT, agent TEXT)""")
+    db.execute("CREATE INDEX deliveries_by_delivery ON deliveries (delivery, id)")
+    db.execute("CREATE INDEX deliveries_by_slot ON deliveries (slot) WHERE slot IS NOT NULL")
+    for statement in append_only_triggers("deliveries"):
+        db.execute(statement)
