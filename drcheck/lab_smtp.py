@@ -45,13 +45,13 @@ class SmtpLab:
     """The server: a context manager. `start()` returns once every listener accepts."""
 
     def __init__(self, workdir: Path, users: dict[str, str] | None = None, tls: TestCA | None = None,
-                 auth_required: bool = True):
+                 auth_required: bool = True, port: int = 0, tls_port: int = 0, plain_port: int = 0):
         self.workdir = Path(workdir)
         self.maildir = self.workdir / "maildir"
         self.users = dict(users if users is not None else {"drcheck": "lab-password"})
         self.tls = tls
         self.auth_required = auth_required
-        self.port = self.tls_port = self.plain_port = 0
+        self.port, self.tls_port, self.plain_port = port, tls_port, plain_port  # 0: a free one, picked at start
         self.auth_attempts: list[tuple[str, bool]] = []  # (user, success); never the password
         self._controllers: list = []
         self._lock = threading.Lock()
@@ -143,3 +143,31 @@ class SmtpLab:
 
     def envelope(self, message_file: Path) -> dict:
         return json.loads(message_file.with_suffix(".json").read_text())
+
+
+def demo_delivery(loaded, store, now) -> tuple[object, Path | None]:
+    """The demo's e-mail step: start the lab server where `[reports.email]` points (its
+    STARTTLS port; the password file and the CA the configuration names are created in the
+    lab), send the weekly report with `drcheck.delivery.send_now`, stop the server. Return
+    the delivery and the file of the message as received (None if it was not sent: the
+    delivery stays queued, as in production)."""
+    from drcheck.delivery import email_config, send_now
+    from drcheck.secrets import write_secret_file
+
+    cfg = email_config(loaded)
+    if cfg.password is None or cfg.password.file is None or cfg.ca_bundle is None:
+        raise SmtpLabError("the demo's [reports.email] names a password file and a ca_bundle in the lab")
+    lab = cfg.ca_bundle.parent
+    if not cfg.password.file.exists():
+        write_secret_file(cfg.password.file)
+    if not (cfg.ca_bundle.exists() and (lab / "server.pem").exists()):
+        make_test_ca(lab)
+    tls = TestCA(ca=lab / "ca.pem", cert=lab / "server.pem", key=lab / "server.key")
+    listener = {"starttls": "port", "tls": "tls_port", "none": "plain_port"}[cfg.security]
+    server = SmtpLab(lab, users={cfg.username: cfg.password.ref().reveal()}, tls=tls,
+                     **{listener: cfg.smtp_port()})
+    with server:
+        before = set(server.received())
+        sent = send_now(loaded, store, now)
+        arrived = [path for path in server.received() if path not in before]
+    return sent, (arrived[-1] if arrived else None)

@@ -28,6 +28,7 @@ from drcheck.results import utcnow
 from drcheck.scheduler import job_specs
 from drcheck.store import Store
 
+REPO = Path(__file__).resolve().parents[2]
 PASSWORD = "s3cret-Smtp-pw-7731"
 ENV = "DRCHECK_TEST_SMTP_PASSWORD"
 
@@ -294,3 +295,24 @@ def test_report_send_without_email_configuration_is_one_line(loaded):
     assert result.exit_code == 1
     assert result.output.strip().endswith("[reports.email] is not configured (host, from, to); see `drcheck "
                                           "config schema`") and len(result.output.strip().splitlines()) == 1
+
+
+def test_the_demo_step_starts_the_lab_server_where_the_config_points_and_delivers(make_config, tmp_path):
+    from drcheck.lab_imap import free_port
+    from drcheck.lab_smtp import demo_delivery
+
+    make_config()
+    path = tmp_path / "drcheck.toml"
+    data = tomllib.loads(path.read_text())
+    port = free_port()
+    data["reports"]["email"] = {**tomllib.loads((REPO / "drcheck.toml").read_text())["reports"]["email"],
+                                "port": port, "password": {"file": str(tmp_path / "lab/smtp/password")},
+                                "ca_bundle": str(tmp_path / "lab/smtp/ca.pem")}
+    path.write_text(tomli_w.dumps(data))
+    loaded = load(path)
+    with Store(loaded.database_path) as store:
+        sent, received = demo_delivery(loaded, store, utcnow())
+    assert sent.status == "sent", sent.reason
+    message = SmtpLab.parse(received)
+    assert message["To"] == "it-director@district.example, auditor@district.example"
+    assert received.parent == tmp_path / "lab/smtp/maildir"
