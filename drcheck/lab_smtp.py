@@ -18,7 +18,6 @@ import json
 import os
 import ssl
 import threading
-import warnings
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from pathlib import Path
@@ -84,17 +83,29 @@ class SmtpLab:
         self.port = self.port or free_port()
         self.tls_port = self.tls_port or free_port()
         self.plain_port = self.plain_port or free_port()
+        class _Controller(Controller):
+            """AUTH without STARTTLS on the implicit-TLS and clear-text listeners, set after
+            construction: aiosmtpd's constructor warns about it on every connection."""
+
+            def __init__(self, *args, auth_without_starttls: bool = False, **kwargs):
+                super().__init__(*args, **kwargs)
+                self.auth_without_starttls = auth_without_starttls
+
+            def factory(self):
+                smtpd = super().factory()
+                if self.auth_without_starttls:
+                    smtpd._auth_require_tls = False
+                return smtpd
+
         specs = [
             dict(port=self.port, tls_context=server_ctx, require_starttls=True),
-            dict(port=self.tls_port, ssl_context=server_ctx, auth_require_tls=False),  # TLS from the first byte
-            dict(port=self.plain_port, auth_require_tls=False),
+            dict(port=self.tls_port, ssl_context=server_ctx, auth_without_starttls=True),  # TLS from the first byte
+            dict(port=self.plain_port, auth_without_starttls=True),
         ]
         try:
             for spec in specs:
-                with warnings.catch_warnings():  # the clear-text listener is meant to be insecure
-                    warnings.simplefilter("ignore", UserWarning)
-                    controller = Controller(handler, **common, **spec)
-                    controller.start()
+                controller = _Controller(handler, **common, **spec)
+                controller.start()
                 self._controllers.append(controller)
         except Exception as exc:
             self.stop()

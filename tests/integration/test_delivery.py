@@ -291,6 +291,9 @@ def test_a_plan_that_cannot_be_rendered_does_not_hold_the_report_back(configure,
 
 
 def test_report_send_without_email_configuration_is_one_line(loaded):
+    data = tomllib.loads(loaded.path.read_text())
+    del data["reports"]["email"]
+    loaded.path.write_text(tomli_w.dumps(data))
     result = CliRunner().invoke(cli, ["--config", str(loaded.path), "report", "send"])
     assert result.exit_code == 1
     assert result.output.strip().endswith("[reports.email] is not configured (host, from, to); see `drcheck "
@@ -316,3 +319,10 @@ def test_the_demo_step_starts_the_lab_server_where_the_config_points_and_deliver
     message = SmtpLab.parse(received)
     assert message["To"] == "it-director@district.example, auditor@district.example"
     assert received.parent == tmp_path / "lab/smtp/maildir"
+
+
+def test_an_unreadable_password_file_is_a_recorded_one_line_error(loaded):
+    result = CliRunner().invoke(cli, ["--config", str(loaded.path), "report", "send"])  # the lab is not built
+    assert result.exit_code == 1
+    [line] = [line for line in result.output.splitlines() if line.strip()]
+    assert "var/lab/smtp/password: cannot read (No such file or directory); queued, the agent retries" in line
