@@ -56,7 +56,8 @@ def configure(make_config, tmp_path, monkeypatch, ca, smtp):
         data = tomllib.loads(path.read_text())
         settings = {"host": "127.0.0.1", "port": smtp.port, "security": "starttls", "username": "drcheck",
                     "password": {"env": ENV}, "ca_bundle": str(ca.ca), "from": "drcheck@district.example",
-                    "to": ["it@district.example", "auditor@district.example"], "retry_first": "5m"}
+                    "to": ["it@district.example", "auditor@district.example"], "retry_first": "5m",
+                    "schedule": {"cron": "0 7 29 2 *"}}  # scheduled reports only where a test asks
         settings.update(email)
         data["reports"]["email"] = {k: v for k, v in settings.items() if v is not None}
         path.write_text(tomli_w.dumps(data))
@@ -326,3 +327,21 @@ def test_an_unreadable_password_file_is_a_recorded_one_line_error(loaded):
     assert result.exit_code == 1
     [line] = [line for line in result.output.splitlines() if line.strip()]
     assert "var/lab/smtp/password: cannot read (No such file or directory); queued, the agent retries" in line
+
+
+def test_report_deliver_sends_what_an_earlier_process_queued_and_skips_while_another_delivers(configure, smtp):
+    from drcheck import locks
+
+    loaded = configure()
+    with Store(loaded.database_path) as store:  # queued by an earlier process (e.g. the agent before a restart)
+        queued = dl.queue_report(loaded, store, utcnow())
+    with locks.exclusive(dl.delivery_lock(loaded), "test"):
+        busy = CliRunner().invoke(cli, ["--config", str(loaded.path), "report", "deliver"])
+    assert busy.exit_code == 75 and "skipped: e-mail delivery is already running" in busy.output
+    done = CliRunner().invoke(cli, ["--config", str(loaded.path), "report", "deliver", "--json"])
+    assert done.exit_code == 0, done.output
+    [item] = json.loads(done.output)
+    assert item["delivery"] == queued.id and item["status"] == "sent" and item["attempts"] == 1
+    again = CliRunner().invoke(cli, ["--config", str(loaded.path), "report", "deliver"])
+    assert again.exit_code == 0 and "nothing to deliver" in again.output
+    assert len(smtp.received()) == 1
