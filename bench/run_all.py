@@ -11,7 +11,8 @@ rows to the file named by $DRCHECK_BENCH_ROWS, which this script sets and collec
 
     .venv/bin/python bench/run_all.py [--layout nested|flat] [--mb 150] [--systems 10000]
                                       [--history-days 30,365] [--vms 5000] [--veeam-vms 1000]
-                                      [--veeam-points 30] [--messages 10000] [--json FILE]
+                                      [--veeam-points 30] [--messages 10000] [--report-systems 1000]
+                                      [--report-days 365] [--json FILE]
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
                                                                      "bench_veeam.py")
     parser.add_argument("--messages", type=int, default=10_000, help="report e-mails in the mailbox for "
                                                                       "bench_barracuda.py")
+    parser.add_argument("--report-systems", type=int, default=1000, help="systems for bench_reports.py")
+    parser.add_argument("--report-days", type=int, default=365, help="days of daily results for bench_reports.py")
     parser.add_argument("--json", type=Path, default=None, help="write every figure to this JSON file")
     args = parser.parse_args(argv)
 
@@ -51,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         ("vmware", [HERE / "bench_vmware.py", "--vms", str(args.vms)]),
         ("veeam", [HERE / "bench_veeam.py", "--vms", str(args.veeam_vms), "--points", str(args.veeam_points)]),
         ("barracuda", [HERE / "bench_barracuda.py", "--messages", str(args.messages)]),
+        ("reports", [HERE / "bench_reports.py", "--systems", str(args.report_systems), "--days", str(args.report_days)]),
     ]
     fd, rows_path = tempfile.mkstemp(prefix="drcheck-bench-rows-", suffix=".jsonl")
     os.close(fd)

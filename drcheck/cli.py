@@ -439,6 +439,74 @@ def _action_json(action) -> dict:
             "closed_at": action.closed_at.isoformat() if action.closed_at else None}
 
 
+@report.command("send")
+@click.option("--to", "to", multiple=True, metavar="ADDR",
+              help="send to this address instead of reports.email.to (repeatable)")
+@click.option("--json", "as_json", is_flag=True, help="print the delivery as JSON")
+@pass_state
+def report_send(state: State, to: tuple[str, ...], as_json: bool) -> None:
+    """Render the weekly report and e-mail it now ([reports.email]). A failed delivery is
+    recorded and stays queued: the agent retries it (exit 1)."""
+    from drcheck.delivery import NotConfigured, send_now
+
+    loaded = state.loaded()
+    try:
+        with state.store() as store:
+            sent = send_now(loaded, store, utcnow(), recipients=list(to) or None)
+    except NotConfigured as exc:
+        err.print(str(exc), markup=False, highlight=False, style="red")
+        sys.exit(1)
+    _print_delivery(sent, as_json)
+    sys.exit(0 if sent.status == "sent" else 1)
+
+
+@report.command("deliver")
+@click.option("--json", "as_json", is_flag=True, help="print the deliveries attempted as JSON")
+@pass_state
+def report_deliver(state: State, as_json: bool) -> None:
+    """Queue the weekly report when reports.email.schedule says it is due, and send every
+    pending delivery whose retry time has come (the agent's report:deliver job). Exit 1 if
+    an attempt failed (it stays queued), 75 if another process is delivering."""
+    from drcheck import locks
+    from drcheck.delivery import NotConfigured, run_due
+
+    loaded = state.loaded()
+    try:
+        with state.store() as store:
+            attempted = run_due(loaded, store, utcnow())
+    except NotConfigured as exc:
+        err.print(str(exc), markup=False, highlight=False, style="red")
+        sys.exit(1)
+    except locks.Busy as busy:
+        err.print(f"skipped: {busy}", markup=False, highlight=False, style="yellow")
+        sys.exit(EXIT_SKIPPED)
+    if as_json:
+        click.echo(json.dumps([d.to_json() for d in attempted], indent=2))
+    else:
+        for item in attempted:
+            _print_delivery(item, False)
+        if not attempted:
+            out.print("nothing to deliver")
+    sys.exit(0 if all(d.status == "sent" for d in attempted) else 1)
+
+
+def _print_delivery(item, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(item.to_json(), indent=2))
+        return
+    to = ", ".join(item.recipients)
+    if item.status == "sent":
+        out.print(f"sent {item.report} to {to}" + (f" with {item.plan.name}" if item.plan else "")
+                  + (f" ({item.reason})" if item.reason else ""), markup=False, highlight=False)
+    elif item.status == "queued":
+        out.print(f"queued {item.report} for {to}: another process is delivering; it sends it",
+                  markup=False, highlight=False)
+    else:
+        err.print(f"e-mail of {item.report} to {to} failed (attempt {item.attempts}): {item.reason}; "
+                  f"queued, the agent retries at {item.next_attempt_at:%Y-%m-%d %H:%M} UTC",
+                  markup=False, highlight=False)
+
+
 @cli.command()
 @pass_state
 def run(state: State) -> None:

@@ -14,9 +14,9 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
-from drcheck.config_types import ConfigPath, Duration, Name, Schedule, Strict
+from drcheck.config_types import ConfigPath, Duration, Name, Schedule, SecretSpec, Strict
 from drcheck.kinds import target_models
 from drcheck.probes import REGISTRY as PROBE_KINDS
 from drcheck.restore_tests import REGISTRY as RESTORE_TEST_KINDS
@@ -91,6 +91,64 @@ class MetricsConfig(Strict):
         return value
 
 
+def _weekly_monday_morning() -> Schedule:
+    return Schedule(cron="0 7 * * 1")
+
+
+class EmailConfig(Strict):
+    """E-mail delivery of the weekly report (`[reports.email]`): an HTML and a plain-text
+    part, the DR plan's PDF attached to the first delivery of each month if asked. A failed
+    delivery is recorded and retried with back-off until it succeeds (`drcheck report deliver`,
+    which the agent runs); the rendered report stays on disk either way."""
+
+    host: str = Field(..., min_length=1, description="SMTP server (submission host)")
+    port: int | None = Field(None, ge=1, le=65535,
+                             description="SMTP port (default: 587 for starttls, 465 for tls, 25 for none)")
+    security: Literal["starttls", "tls", "none"] = Field(
+        "starttls", description="starttls: plain connection upgraded with STARTTLS (refused if the server does not "
+                                "offer it); tls: TLS from the first byte; none: clear text (needs insecure = true)")
+    insecure: bool = Field(False, strict=True, description="allow security = 'none' or an unverified certificate "
+                                                           "(warned at every delivery)")
+    username: str | None = Field(None, min_length=1, description="AUTH user name (default: no authentication)")
+    password: SecretSpec | None = Field(None, description="AUTH password (secret reference, never inline)")
+    ca_bundle: ConfigPath | None = Field(None, description="PEM file of the CA that signed the server's certificate "
+                                                           "(default: the system's trust store)")
+    from_: str = Field(..., alias="from", min_length=3, pattern=r"^[^@\s]+@[^@\s]+$",
+                       description="sender address")
+    to: list[Annotated[str, Field(pattern=r"^[^@\s]+@[^@\s]+$")]] = Field(
+        ..., min_length=1, description="recipient addresses")
+    subject: str = Field("[drcheck] {agent}: weekly restore report {end:%Y-%m-%d} ({verdict})",
+                         description="subject template: {agent}, {start}, {end} (datetimes in the agent's zone), "
+                                     "{verdict} ('all good' or 'N need attention'), {attention} (a count)")
+    schedule: Schedule = Field(default_factory=_weekly_monday_morning,
+                               description="render and send the weekly report on this schedule (default Mondays 07:00)")
+    attach_plan: Literal["never", "monthly"] = Field(
+        "never", description="attach the DR plan (PDF) to the first delivery of each month")
+    timeout: Duration = Field(timedelta(seconds=60), description="limit of connecting and of each SMTP reply")
+    retry_first: Duration = Field(timedelta(minutes=5), description="a failed delivery is retried after this long, "
+                                                                    "then twice as long each time")
+    retry_max: Duration = Field(timedelta(hours=6), description="the longest wait between two attempts")
+
+    model_config = {**Strict.model_config, "populate_by_name": True}
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "EmailConfig":
+        if self.security == "none" and not self.insecure:
+            raise ValueError("security = 'none' sends the report (and any password) in clear text; "
+                             "set insecure = true to allow it, or use starttls or tls")
+        if (self.username is None) != (self.password is None):
+            raise ValueError("give both username and password for SMTP AUTH, or neither")
+        try:
+            self.subject.format(agent="a", start=date.today(), end=date.today(), verdict="v", attention=0)
+        except (KeyError, IndexError, ValueError, AttributeError) as exc:
+            raise ValueError(f"subject: not a valid template ({type(exc).__name__}: {exc}); "
+                             "fields: {agent} {start} {end} {verdict} {attention}") from None
+        return self
+
+    def smtp_port(self) -> int:
+        return self.port or {"starttls": 587, "tls": 465, "none": 25}[self.security]
+
+
 class ReportsConfig(Strict):
     """Report rendering."""
 
@@ -103,6 +161,7 @@ class ReportsConfig(Strict):
     weekly_schedule: Schedule | None = Field(
         None, description="render the weekly report on this schedule (e.g. Mondays 07:00)"
     )
+    email: EmailConfig | None = Field(None, description="e-mail the weekly report (default: not sent)")
 
 
 class RetentionConfig(Strict):

@@ -31,7 +31,8 @@ from typing import Any
 # Result tables sealed by m009 (in this order for the rows that existed before it). A later
 # migration seals a new results table with one line: `seal_table(db, "its_name")`.
 SEALED_TABLES = ("probe_runs", "restore_points", "findings", "restore_tests", "check_results", "canaries",
-                 "point_removals", "assets", "compactions", "evidence_removals", "corrective_actions")
+                 "point_removals", "assets", "compactions", "evidence_removals", "corrective_actions",
+                 "deliveries")
 GENESIS = hashlib.sha256(b"drcheck evidence chain v1").hexdigest()
 # the sealing time, as drcheck.sqltime.ts writes UTC (millisecond precision)
 SEALED_AT_SQL = "strftime('%Y-%m-%dT%H:%M:%f', 'now') || '+00:00'"

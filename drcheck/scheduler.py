@@ -1,5 +1,6 @@
 """`drcheck run`: the agent. Schedules probes, repository checks, canary plantings, restore
-tests and the weekly report from the configuration (APScheduler 3.x), and serves metrics.
+tests, the weekly report and its e-mail delivery (`report:deliver`) from the configuration
+(APScheduler 3.x), and serves metrics.
 
 Each job runs as a child `drcheck` process in its own process group, so a job that hangs
 past its timeout is killed (restic and all) and recorded as an error while the agent keeps
@@ -21,6 +22,7 @@ import threading
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 from apscheduler.executors.pool import ThreadPoolExecutor
@@ -77,6 +79,11 @@ def job_specs(loaded: LoadedConfig) -> list[JobSpec]:
             specs.append(JobSpec(f"canary:{name}", ("canary", "plant", name), test.canary.plant_schedule, 120))
     if cfg.reports.weekly_schedule:
         specs.append(JobSpec("report:weekly", ("report", "weekly"), cfg.reports.weekly_schedule, default))
+    if cfg.reports.email is not None:
+        # one tick both queues the scheduled report (when reports.email.schedule says so) and
+        # retries failed deliveries whose back-off has passed
+        tick = Schedule(interval=min(cfg.reports.email.retry_first, timedelta(minutes=5)))
+        specs.append(JobSpec("report:deliver", ("report", "deliver"), tick, default))
     if cfg.store.reap_schedule:
         specs.append(JobSpec("store:reap", ("store", "reap"), cfg.store.reap_schedule, default))
     if cfg.store.retention.schedule:

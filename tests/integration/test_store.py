@@ -62,7 +62,8 @@ def test_wal_and_migrations_recorded(tmp_path):
         names = [r["name"] for r in store.query("SELECT name FROM _sqlite_migrations ORDER BY id")]
     assert names == ["m001_initial", "m002_results_are_append_only", "m003_leases_of_any_resource",
                      "m004_details_and_assets", "m005_current_state", "m006_proven_vms",
-                     "m007_finding_subjects", "m008_corrective_actions", "m009_evidence_chain"]
+                     "m007_finding_subjects", "m008_corrective_actions", "m009_evidence_chain",
+                     "m010_deliveries"]
 
 
 def _open_and_record(path: str) -> None:
