@@ -63,12 +63,12 @@ def district(tmp_path: Path) -> LoadedConfig:
     """The repository's demo configuration with the plan's facts (3 copies sites, wet-pipe CNC)."""
     shutil.copytree(REPO / "runbooks", tmp_path / "runbooks")
     sis = tmp_path / "runbooks" / "sis.toml"
-    sis.write_text(sis.read_text().replace(
-        'assets = ["vm:sis01", "database:sis.db"]',
-        'assets = ["vm:sis01", "database:sis.db"]\nalternate = "Computer Technician III"\n'
-        'validation = ["A teacher takes attendance", "The nightly state export runs"]\n'
-        '[[vendors]]\nvendor = "PowerSchool"\nproduct = "SIS"\nphone = "555-0199"\ncontract = "PS-1234"\n'
-        'sla = "4h response, 24x7"\n'))
+    book = tomllib.loads(sis.read_text())
+    book.update(alternate="Computer Technician III",
+                validation=["A teacher takes attendance", "The nightly state export runs"],
+                vendors=[{"vendor": "PowerSchool", "product": "SIS", "phone": "555-0199", "contract": "PS-1234",
+                          "sla": "4h response, 24x7"}])
+    sis.write_text(tomli_w.dumps(book))
     return write_config(tmp_path, _facts(tomllib.loads((REPO / "drcheck.toml").read_text())))
 
 
