@@ -3,7 +3,8 @@
 The lab is whatever the configuration describes: sample data at every system's source
 path, a repository for every probe (each kind builds its own through `lab_repository`),
 and four backups over the last three days (planting canaries before each); then every
-probe action, a test restore of every test, the status table, the weekly report, the DR
+probe action, a test restore of every test, the status table, the weekly report (e-mailed
+through a lab SMTP server when `[reports.email]` is set), the compliance findings, the DR
 plan (HTML and PDF) and the metrics.
 One system (payroll) stops being backed up after the first snapshot, so the demo shows
 how drcheck reports a missed backup.
@@ -162,13 +163,32 @@ def start_peers(loaded: LoadedConfig, running: contextlib.ExitStack, say=print) 
         say(f"  probes.{name}: simulated service started (it stops when the demo ends)")
 
 
+def _mail_report(loaded: LoadedConfig, store, now, unexpected: list[str]):
+    """Render the weekly report and e-mail it through the lab's SMTP server; return
+    (report, the received message's file or None)."""
+    from drcheck.lab_smtp import SmtpLabError, demo_delivery
+
+    try:
+        sent, received = demo_delivery(loaded, store, now)
+    except SmtpLabError as exc:
+        unexpected.append(f"e-mail: the lab SMTP server could not start: {exc}")
+        from drcheck.reporting import render_weekly
+
+        return render_weekly(loaded, store, loaded.config.reports.output_dir, now), None
+    if received is None:
+        unexpected.append(f"e-mail: the weekly report was not delivered: {sent.reason}")
+    return sent.report, received
+
+
 def run_demo(state) -> int:
     """Build the lab and run one cycle; return the exit status for the CLI: 0 when every
     result is what the lab was built to produce (all good but the stale systems)."""
     from drcheck import console
     from drcheck.engine import open_store, probe_actions, run_probe, run_restore_tests
     from drcheck.metrics import write_textfile
+    from drcheck import corrective
     from drcheck.plan import render_plan
+    from drcheck.rules import RULES, evaluate
     from drcheck.reporting import render_weekly
     from drcheck.kinds import rotation_coverage
     from drcheck.status import system_statuses, vm_statuses
@@ -210,10 +230,26 @@ def run_demo(state) -> int:
             console.print_vm_table(loaded, vms)
             console.print_unprotected(vms)
         console.print_rotations(rotation_coverage(loaded, store, now))
-        report = render_weekly(loaded, store, loaded.config.reports.output_dir, now)
+        mailed = None
+        if loaded.config.reports.email is not None:  # the report goes out by e-mail, as the agent sends it
+            report, mailed = _mail_report(loaded, store, now, unexpected)
+        else:
+            report = render_weekly(loaded, store, loaded.config.reports.output_dir, now)
         plan = render_plan(loaded, store, loaded.config.reports.output_dir, now)
+        say("[bold]5. Compliance[/]")
+        results = evaluate(loaded, store, now)
+        corrective.sync(store, results, now)
+        failing = [r for r in results if not r.passed and RULES[r.rule].scope == "compliance"]
+        say(f"  {len(failing)} compliance findings, {len(corrective.actions(store))} open corrective actions "
+            "(`drcheck compliance` lists them; the plan too), e.g.:")
+        for rule in ("R15.facility", "R4.offsite", "R5.immutable", "R12.plan_review"):
+            example = next((r for r in failing if r.rule == rule), None)
+            if example:
+                say(f"  • {rule} {example.system or '(plan)'}: {escape(example.message)}")
         metrics = write_textfile(loaded, store, loaded.config.agent.state_dir / "metrics.prom")
     say(f"\n[bold]Weekly report:[/] {report}")
+    if mailed is not None:
+        say(f"[bold]Weekly report e-mailed to the lab mailbox:[/] {mailed}")
     say(f"[bold]DR plan:[/] {plan.html}")
     say(f"[bold]DR plan (PDF):[/] {plan.pdf}")
     say(f"[bold]Metrics:[/] {metrics} (a snapshot); `drcheck run` serves them live at "

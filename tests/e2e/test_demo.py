@@ -3,7 +3,10 @@ configuration whose data lies outside the demo lab."""
 
 from __future__ import annotations
 
+import email
+import email.policy
 import json
+import re
 import shutil
 import socket
 import subprocess
@@ -24,7 +27,7 @@ def copy_demo(tmp_path: Path) -> Path:
     """The embedded configuration and runbooks in tmp_path, its simulated vCenter on a free
     port (a `make demo` elsewhere on this machine holds the default one)."""
     text = (REPO / "drcheck.toml").read_text()
-    for default in ("127.0.0.1:18443", "127.0.0.1:18444", "port = 18993"):  # vCenter, Veeam, IMAP
+    for default in ("127.0.0.1:18443", "127.0.0.1:18444", "port = 18993", "port = 18587"):  # vCenter, Veeam, IMAP, SMTP
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             text = text.replace(default, default.replace(default.split(":")[-1].split(" ")[-1],
@@ -72,6 +75,30 @@ def test_demo_runs_a_full_cycle_and_says_where_things_are(tmp_path):
     assert {r["subject"] for r in payroll["failing"] if r["rule"] == "R2.backup_age"} >= {"barracuda",
                                                                                           "barracuda-cloud"}
     assert list((tmp_path / "var" / "drcheck" / "sandbox").iterdir()) == []
+    # the weekly report went out by e-mail through the lab's SMTP server: both parts
+    mailed = Path(re.search(r"e-mailed to the lab mailbox:\s+(\S+\.eml)", done.stdout).group(1))
+    message = email.message_from_bytes(mailed.read_bytes(), policy=email.policy.default)
+    assert message.get_body(("plain",)).get_content() and "<html" in message.get_body(("html",)).get_content()
+    # compliance: what an auditor of this district would write down
+    shown = drcheck(config, "compliance", "--json")
+    assert shown.returncode == 1  # critical findings
+    found = {(r["rule"], r["system"]) for r in json.loads(shown.stdout)["results"] if not r["passed"]}
+    for system in ("sis", "fileserver", "payroll", "schools"):
+        assert ("R5.immutable", system) in found  # no immutable or offline copy anywhere
+    assert {("R11.exercise", None), ("R12.plan_review", None), ("R12.contacts", None)} <= found
+    assert ("R14.recovery_order", "sis") in found  # the file server (RTO 8h) must be back before sis (4h)
+    assert ("R15.facility", "schools") in found  # its only copy is in the district office
+    assert "5. Compliance" in done.stdout and "open corrective actions" in done.stdout
+    # the DR plan: HTML and PDF, the findings listed as open corrective actions
+    html = Path(re.search(r"DR plan: (\S+\.html)", done.stdout).group(1))
+    pdf = Path(re.search(r"DR plan \(PDF\): (\S+\.pdf)", done.stdout).group(1))
+    text = subprocess.run(["pdftotext", "-layout", str(pdf), "-"], check=True, capture_output=True,
+                          text=True).stdout
+    assert "4. Recovery" in text and "10. Compliance matrix" in text
+    assert re.search(r"newest restore point in barracuda is .* old", text)  # payroll's silent data source
+    assert "R5.immutable" in text and "R15.facility" in text and "wet-pipe" in text
+    page = html.read_text()
+    assert 'id="system-payroll"' in page and "nutrition-center" in page
     # a second run rebuilds the lab in place
     assert drcheck(config, "demo").returncode == 0
 
