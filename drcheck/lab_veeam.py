@@ -79,9 +79,12 @@ class VeeamReplay(LabProcess):
     def command(self) -> list[str]:
         path = self.workdir / "veeam-scenario.json"
         path.write_text(json.dumps(self.scenario, indent=1))
+        secret = self.workdir / "veeam-password"  # never an argument: process listings show those
+        secret.touch(mode=0o600)
+        secret.write_text(self.password + "\n")
         args = [sys.executable, str(self.server_path), "--listen", f"127.0.0.1:{self._port}",
                 "--control", f"127.0.0.1:{self._control_port}", "--scenario", str(path),
-                "--username", self.username, "--password", self.password,
+                "--username", self.username, "--password-file", str(secret),
                 "--token-lifetime", str(self.token_lifetime)]
         if self.tls is not None:
             args += ["--cert", str(self.tls.cert), "--key", str(self.tls.key)]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ssl
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -120,6 +121,14 @@ def test_bad_credentials_and_missing_token(make_veeam):
         assert r.status_code == 401 and r.json()["errorCode"] == "AccessDenied"
         r = get(http, "not-a-token", "/api/v1/jobs")
         assert r.status_code == 401 and r.json()["errorCode"] == "InvalidToken"
+
+
+def test_the_password_is_read_from_a_file_and_may_start_with_a_dash(make_veeam):
+    replay = make_veeam(scenario=SCENARIO, password="-Kx9_dash-first")
+    with client(replay) as http:
+        assert login(http, replay)["access_token"]
+    argv = Path(f"/proc/{replay._proc.pid}/cmdline").read_bytes().decode()
+    assert "-Kx9_dash-first" not in argv  # never in a process listing
 
 
 def test_version_header_required(make_veeam):

@@ -2,7 +2,7 @@
 
     python tests/peers/veeam/server.py --listen 127.0.0.1:0 --control 127.0.0.1:0 \
         --scenario lab.json --cert server.pem --key server.key \
-        --username drcheck --password lab-secret --token-lifetime 900 \
+        --username drcheck --password-file password.txt --token-lifetime 900 \
         --vcsim-control http://127.0.0.1:41721
 
 Two listeners: the REST API over HTTPS (stdlib ThreadingHTTPServer; the TLS handshake runs in
@@ -165,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cert", help="TLS certificate (PEM); without --cert/--key the API is plain HTTP")
     parser.add_argument("--key", help="TLS private key (PEM)")
     parser.add_argument("--username", default="drcheck")
-    parser.add_argument("--password", default="lab-secret")
+    parser.add_argument("--password-file", help="file holding the password (default: lab-secret); a file, "
+                                                "not an argument, so it never shows in process listings")
     parser.add_argument("--token-lifetime", type=float, default=900, help="access token lifetime, seconds")
     parser.add_argument("--vcsim-control", help="the vCenter simulator's control URL (instant recovery)")
     args = parser.parse_args(argv)
@@ -178,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
             tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             tls.minimum_version = ssl.TLSVersion.TLSv1_2
             tls.load_cert_chain(args.cert, args.key)
-        replay = Replay(model, TokenStore(args.username, args.password, args.token_lifetime),
+        password = Path(args.password_file).read_text().strip() if args.password_file else "lab-secret"
+        replay = Replay(model, TokenStore(args.username, password, args.token_lifetime),
                         Recovery(args.vcsim_control))
         control = Server(_address(args.control), ControlHandler, replay)
         api = Server(_address(args.listen), ApiHandler, replay, tls)
