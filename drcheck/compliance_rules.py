@@ -237,7 +237,7 @@ def test_window(loaded: LoadedConfig, facts, system: str, now: datetime) -> Iter
     """R8.test_window: a restore test of the system passed within its tier's window."""
     rb = loaded.runbooks[system]
     window = loaded.config.policy.test_window.get(rb.tier, timedelta(days=365))
-    last = max((when for (s, _), when in facts.passed.items() if s == system), default=None)
+    last = facts.last_passed.get(system)
     age = (now - last).total_seconds() if last else None
     yield _rules.RuleResult("R8.test_window", system, age is not None and age <= window.total_seconds(),
                             (f"last successful restore test {format_duration(age)} ago" if age is not None

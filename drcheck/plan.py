@@ -44,17 +44,20 @@ def plan_context(loaded: LoadedConfig, store: Store, now: datetime, results=None
     results = evaluate(loaded, store, now, facts) if results is None else results
     statuses = {s.system: s for s in system_statuses(loaded, store, now, results, facts)}
     order, cyclic = recovery_order(loaded.runbooks)
-    restores = last_restores(store)
-    recent = recent_tests(store, per_system=5)
+    recent = recent_tests(store, now, per_system=5)
+    restores = last_restores(store, recent)
     checks = verification_checks(store, facts)
     copies = copy_rows(loaded, facts, results, now)
+    results_of: dict[str | None, list] = {}
+    for r in results:
+        results_of.setdefault(r.system, []).append(r)
     systems = []
     for position, system in enumerate(order, 1):
         systems.append({
             "system": system, "position": position, "runbook": loaded.runbooks[system],
             "status": statuses[system], "last_restore": restores.get(system), "recent": recent.get(system, []),
             "checks": checks.get(system, []), "copies": copies.get(system, []), "in_cycle": system in cyclic,
-            "results": [r for r in results if r.system == system],
+            "results": results_of.get(system, []),
         })
     tested = store.query("SELECT MAX(started_at) AS at FROM restore_tests WHERE status = 'passed'")[0]["at"]
     vms = vm_statuses(loaded, store, now, facts)

@@ -55,26 +55,42 @@ def recovery_order(runbooks: dict) -> tuple[list[str], set[str]]:
     return order + sorted(cyclic, key=lambda s: (runbooks[s].tier, s)), cyclic
 
 
-def last_restores(store: Store) -> dict[str, dict]:
-    """system -> its latest restore test that measured a restore duration."""
-    rows = store.query(
-        "SELECT * FROM (SELECT id, system, test, status, started_at, restore_seconds, verify_seconds, rto_seconds, "
-        "rpo_seconds, ROW_NUMBER() OVER (PARTITION BY system ORDER BY started_at DESC, id DESC) AS n "
-        "FROM restore_tests WHERE restore_seconds IS NOT NULL) WHERE n = 1")
-    return {row["system"]: row for row in rows}
+_TEST_COLUMNS = ("id, system, test, status, started_at, rto_seconds, rpo_seconds, restore_seconds, verify_seconds, "
+                 "rto_target_seconds, rpo_target_seconds, reason")
 
 
-def recent_tests(store: Store, per_system: int) -> dict[str, list[dict]]:
-    """system -> its latest `per_system` restore test runs (skipped ones aside), newest first."""
-    rows = store.query(
-        "SELECT * FROM (SELECT id, system, test, status, started_at, rto_seconds, rpo_seconds, restore_seconds, "
-        "rto_target_seconds, rpo_target_seconds, reason, "
-        "ROW_NUMBER() OVER (PARTITION BY system ORDER BY started_at DESC, id DESC) AS n "
-        "FROM restore_tests WHERE status != 'skipped') WHERE n <= ? ORDER BY system, n", [per_system])
+def recent_tests(store: Store, now: datetime, per_system: int, days: int = 14) -> dict[str, list[dict]]:
+    """system -> its latest `per_system` restore test runs (skipped ones aside), newest
+    first. Read from the last `days` through the time index (a year of daily tests of a
+    thousand systems is never scanned); a system with fewer runs there is read on its own."""
+    rows = store.query(f"SELECT {_TEST_COLUMNS} FROM restore_tests WHERE started_at >= ? AND status != 'skipped' "
+                       "ORDER BY started_at DESC, id DESC", [ts(now - timedelta(days=days))])
     grouped: dict[str, list[dict]] = {}
     for row in rows:
-        grouped.setdefault(row["system"], []).append(row)
+        found = grouped.setdefault(row["system"], [])
+        if len(found) < per_system:
+            found.append(row)
+    for (system,) in store.db.execute("SELECT DISTINCT system FROM restore_tests").fetchall():
+        if len(grouped.get(system, [])) < per_system:
+            grouped[system] = store.query(f"SELECT {_TEST_COLUMNS} FROM restore_tests WHERE system = ? "
+                                          "AND status != 'skipped' ORDER BY started_at DESC, id DESC LIMIT ?",
+                                          [system, per_system])
     return grouped
+
+
+def last_restores(store: Store, recent: dict[str, list[dict]]) -> dict[str, dict]:
+    """system -> its latest restore test that measured a restore duration (from `recent`
+    when one of those did, else read on its own)."""
+    found = {}
+    for system, rows in recent.items():
+        row = next((r for r in rows if r["restore_seconds"] is not None), None)
+        if row is None:
+            row = next(iter(store.query(f"SELECT {_TEST_COLUMNS} FROM restore_tests WHERE system = ? "
+                                        "AND restore_seconds IS NOT NULL ORDER BY started_at DESC, id DESC LIMIT 1",
+                                        [system])), None)
+        if row is not None:
+            found[system] = row
+    return found
 
 
 def test_history(store: Store, now: datetime, days: int = 365) -> list[dict]:

@@ -99,6 +99,7 @@ class Facts:
     tests: dict[tuple[str, str], dict] = field(default_factory=dict)  # (system, test) -> latest run
     measured: dict[str, dict[tuple[str, str], dict]] = field(default_factory=dict)  # column -> latest measuring run
     passed: dict[tuple[str, str], datetime] = field(default_factory=dict)  # last passed start
+    last_passed: dict[str, datetime] = field(default_factory=dict)  # system -> its newest passed start
     findings: dict[str, list[dict]] = field(default_factory=dict)  # system -> current findings
     assets: list[dict] = field(default_factory=list)  # current inventory and backup-object assets
     # the configuration's maps, built once rather than searched per system
@@ -120,6 +121,8 @@ class Facts:
         facts.runs = {(r["probe"], r["action"]): r for r in store.latest_probe_runs() if r["probe"] in cfg.probes}
         facts.tests = {(r["system"], r["test"]): r for r in store.latest_restore_tests()}
         facts.passed = {(r["system"], r["test"]): parse_ts(r["started_at"]) for r in store.last_successful_tests()}
+        for (system, _), when in facts.passed.items():
+            facts.last_passed[system] = max(when, facts.last_passed.get(system, when))
         facts.measured = {column: {(r["system"], r["test"]): r for r in store.latest_measuring(column)}
                           for column in ("rto_seconds", "rpo_seconds")}
         facts.assets = store.current_assets()

@@ -96,7 +96,6 @@ def system_statuses(loaded: LoadedConfig, store: Store, now: datetime,
     """
     facts = facts or Facts.read(loaded, store)
     results = evaluate(loaded, store, now, facts) if results is None else results
-    cfg = loaded.config
     statuses = []
     by_system: dict[str | None, list[RuleResult]] = {}
     for r in operational(results):  # compliance rules are `drcheck compliance`'s and the plan's
@@ -116,7 +115,7 @@ def system_statuses(loaded: LoadedConfig, store: Store, now: datetime,
             verdict = ages.get(row["copy"])
             status.points.append(CopyPoint(row["copy"], when, row["point_id"], (now - when).total_seconds(),
                                            verdict is None or verdict.passed, row["point_count"]))
-        tests = [n for n, t in cfg.restore_tests.items() if t.system == system]
+        tests = facts.tests_of.get(system, [])
         runs = [test_run(facts.tests[(system, n)]) for n in tests if (system, n) in facts.tests]
         status.last_test = max(runs, key=lambda r: r.started_at, default=None)
         known = [facts.passed[(system, n)] for n in tests if (system, n) in facts.passed]
