@@ -90,6 +90,12 @@ class BorgProbe(FileBackupTarget):
             raise ValueError("borg archives carry no tags; map them with hosts, name_glob or paths")
         return rules
 
+    def proven_facts(self) -> dict[str, set[str]]:
+        """drcheck reads only encrypted borg repositories (borg refuses an unknown
+        unencrypted one: BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=no), so a repository this
+        probe lists is encrypted at rest."""
+        return {self.copy: {"encrypted_at_rest"}}
+
 
 
 def repository(target: BorgProbe) -> BorgRepository:

@@ -448,3 +448,12 @@ def test_every_compliance_rule_is_exported_as_a_metric_with_plan_rules_under_an_
 @pytest.mark.parametrize("rule", sorted(r for r, spec in RULES.items() if spec.scope == "compliance"))
 def test_every_compliance_rule_names_controls(rule):
     assert RULES[rule].controls and RULES[rule].title
+
+
+def test_restic_and_borg_copies_are_proven_encrypted_at_rest_and_nothing_else_is():
+    from drcheck.compliance_rules import proven
+
+    loaded = load(REPO / "drcheck.toml")
+    assert proven(loaded, "lab-restic") == {"encrypted_at_rest"}  # restic always encrypts
+    assert proven(loaded, "nutrition-borg") == {"encrypted_at_rest"}  # drcheck refuses unencrypted borg
+    assert proven(loaded, "barracuda") == set()  # an appliance's encryption is only declared
