@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import logging
-import os
 import re
 import ssl
 import sys
@@ -38,7 +37,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Figure, fmt_times, print_profile, time_probe, verdict  # noqa: E402
+from common import Figure, add_common_arguments, fmt_times, print_profile, time_probe, verdict  # noqa: E402
 from rows import emit  # noqa: E402
 
 FIRST_GOAL = 1.3  # first run / plain imapclient fetch, at most
@@ -386,12 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--messages", type=int, default=10_000, help="report messages in the mailbox (default 10000)")
     parser.add_argument("--new", type=int, default=10, help="new messages before each incremental run (default 10)")
     parser.add_argument("--per-system", type=int, default=5, help="data sources per configured system (default 5)")
-    parser.add_argument("--repeat", type=int, default=5, help="rounds of each side; the best counts (default 5)")
-    parser.add_argument("--profile", action="store_true", help="print a profile of one first run even when the "
-                                                               "goals are met")
-    parser.add_argument("--tmpdir", default=None)
-    parser.add_argument("--rows", default=os.environ.get("DRCHECK_BENCH_ROWS"),
-                        help="append result rows (JSON lines) to this file (run_all.py sets it)")
+    add_common_arguments(parser, profile="one first run")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import ssl
 import sys
 import tempfile
@@ -37,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Figure, fmt_times, print_profile, time_probe, verdict  # noqa: E402
+from common import Figure, add_common_arguments, fmt_times, print_profile, time_probe, verdict  # noqa: E402
 from rows import emit  # noqa: E402
 
 GOAL = 1.3  # probe / raw paginated GETs, at most
@@ -264,12 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--points", type=int, default=30, help="restore points per VM and copy (default 30)")
     parser.add_argument("--page-size", type=int, default=200,
                         help="items per page, both sides (default 200, the probe's default)")
-    parser.add_argument("--repeat", type=int, default=5, help="rounds of each side; the best counts (default 5)")
-    parser.add_argument("--profile", action="store_true", help="print a profile of one probe run even when the "
-                                                                   "goal is met")
-    parser.add_argument("--tmpdir", default=None)
-    parser.add_argument("--rows", default=os.environ.get("DRCHECK_BENCH_ROWS"),
-                        help="append result rows (JSON lines) to this file (run_all.py sets it)")
+    add_common_arguments(parser, profile="one probe run")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 

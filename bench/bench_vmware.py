@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Figure, fmt_times, time_probe, verdict  # noqa: E402
+from common import Figure, add_common_arguments, fmt_times, time_probe, verdict  # noqa: E402
 from rows import emit  # noqa: E402
 
 RAW_GOAL = 1.5  # probe / one raw RetrievePropertiesEx, at most
@@ -580,9 +580,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wan-sample", type=int, default=10,
                         help="VMs read attribute by attribute on the delayed simulator (default 10)")
     parser.add_argument("--no-restore-tests", action="store_true", help="skip part 4 (VM restore tests)")
-    parser.add_argument("--tmpdir", default=None)
-    parser.add_argument("--rows", default=os.environ.get("DRCHECK_BENCH_ROWS"),
-                        help="append result rows (JSON lines) to this file (run_all.py sets it)")
+    add_common_arguments(parser, repeat=None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 

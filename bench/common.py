@@ -60,3 +60,19 @@ def print_profile(run: Callable[[], float], what: str, note: str = "", top: int 
     body = buf.getvalue()
     begin = body.find("   ncalls")
     print(body[begin:].rstrip() if begin >= 0 else body)
+
+
+def add_common_arguments(parser, *, repeat: int | None = 5, profile: str | None = None) -> None:
+    """The arguments every probe benchmark takes: --tmpdir and --rows, and (when given)
+    --repeat with its default and --profile naming what it profiles."""
+    import os
+
+    if repeat is not None:
+        parser.add_argument("--repeat", type=int, default=repeat,
+                            help=f"rounds of each side; the best counts (default {repeat})")
+    if profile is not None:
+        parser.add_argument("--profile", action="store_true",
+                            help=f"print a profile of {profile} even when the goals are met")
+    parser.add_argument("--tmpdir", default=None)
+    parser.add_argument("--rows", default=os.environ.get("DRCHECK_BENCH_ROWS"),
+                        help="append result rows (JSON lines) to this file (run_all.py sets it)")
