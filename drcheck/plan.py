@@ -20,6 +20,8 @@ from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+from markupsafe import Markup
+
 from drcheck import __version__, corrective, evidence
 from drcheck.atomic import MAX_NAME_ATTEMPTS, fsync_directory
 from drcheck.config_loader import LoadedConfig
@@ -82,7 +84,26 @@ def environment(loaded: LoadedConfig):
 
     env = reporting_environment(loaded)
     env.filters["value"] = format_value
+    # called once per row of tables tens of thousands of rows long: Python, not Jinja macros
+    env.globals.update(badge=badge, verdict=verdict, evidence_refs=evidence_refs)
     return env
+
+
+def badge(value) -> Markup:
+    """`<span class="badge VALUE">VALUE</span>`, escaped."""
+    return Markup('<span class="badge {0}">{0}</span>').format(value)
+
+
+def verdict(result) -> Markup:
+    """A rule result's badge: failed, declared (passes on an unverified fact) or proven."""
+    return badge("failed" if not result.passed else "declared" if result.declared else "proven")
+
+
+def evidence_refs(result) -> Markup:
+    """The result's evidence rows as `table#id` references, or a dash."""
+    if not result.evidence:
+        return Markup('<span class="muted">—</span>')
+    return Markup(", ").join(Markup('<span class="ref">{}#{}</span>').format(t, i) for t, i in result.evidence)
 
 
 def render_html(loaded: LoadedConfig, context: dict) -> str:
