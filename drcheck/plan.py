@@ -85,7 +85,7 @@ def environment(loaded: LoadedConfig):
     env = reporting_environment(loaded)
     env.filters["value"] = format_value
     # called once per row of tables tens of thousands of rows long: Python, not Jinja macros
-    env.globals.update(badge=badge, verdict=verdict, evidence_refs=evidence_refs)
+    env.globals.update(badge=badge, verdict=verdict, evidence_refs=evidence_refs, proven_refs=proven_refs)
     return env
 
 
@@ -97,6 +97,17 @@ def badge(value) -> Markup:
 def verdict(result) -> Markup:
     """A rule result's badge: failed, declared (passes on an unverified fact) or proven."""
     return badge("failed" if not result.passed else "declared" if result.declared else "proven")
+
+
+def proven_refs(results) -> Markup:
+    """Proven passes of one rule, compactly: `system (subject) table#id, …; next system …`."""
+    parts = []
+    for r in results:
+        who = r.system or "inventory"
+        if r.subject and r.subject != r.system:
+            who = f"{who} ({r.subject})"
+        parts.append(Markup("{} ").format(who) + evidence_refs(r))
+    return Markup("; ").join(parts)
 
 
 def evidence_refs(result) -> Markup:

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from drcheck.rules import evaluate
 from drcheck.plan import plan_context, render_html, render_plan
 from drcheck.plan_facts import format_value, recovery_order
 from drcheck.store import Store
@@ -75,9 +76,17 @@ def test_compliance_matrix_lists_every_result_failing_first_with_evidence(planne
     results = context["matrix"]["results"]
     passed = [r.passed for r in results]
     assert passed == sorted(passed) and not passed[0] and passed[-1]
+    assert all(r.declared for r in results if r.passed)  # one row each: failures and declared passes
     html = render_html(loaded, context)
     rows = re.findall(r'<tr data-rule="([^"]+)" data-passed="(yes|no)">', html)
     assert len(rows) == len(results)
+    # every proven pass is listed too, compactly per rule, with its evidence
+    everything = evaluate(loaded, store, NOW)
+    proven = [r for r in everything if r.passed and not r.declared]
+    assert sum(len(p["results"]) for p in context["matrix"]["proven"]) == len(proven)
+    rto = next(r for r in proven if r.rule == "R9.rto" and r.evidence)
+    listed = re.search(r'<p class="proven" data-rule="R9.rto">(.*?)</p>', html).group(1)
+    assert f"{rto.evidence[0][0]}#{rto.evidence[0][1]}" in listed
     r9 = next(r for r in results if r.rule == "R9.rpo" and r.system == "payroll")
     assert not r9.passed and format_value(r9.measured, r9.rule) == "1d 6h"
     assert f"{r9.evidence[0][0]}#{r9.evidence[0][1]}" in html
