@@ -203,8 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "drcheck-bench-reports"),
                         help="where the generated store is kept between runs (under the temp dir)")
     parser.add_argument("--rebuild", action="store_true", help="regenerate the store even if cached")
-    parser.add_argument("--pdf-timeout", type=float, default=900,
-                        help="stop the PDF rendering after this many seconds and report that (default 900)")
+    parser.add_argument("--pdf-timeout", type=float, default=300,
+                        help="stop the PDF rendering after this many seconds and report that (default 300)")
     parser.add_argument("--rows", default=os.environ.get("DRCHECK_BENCH_ROWS"),
                         help="append result rows (JSON lines) to this file (run_all.py sets it)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
