@@ -183,6 +183,7 @@ class LabProcess:
                 message = body
             raise self.control_error(err.code, message) from None
 
-    def outage(self, mode: str) -> None:
-        """`refuse` (connections closed without a response), `hang` or `none`."""
-        self.control("/outage", {"mode": mode})
+    def outage(self, mode: str, after: int | None = None) -> None:
+        """`refuse` (connections closed without a response), `hang` or `none`; `hang` with
+        `after` starts holding requests once `after` more were served (the Veeam replay)."""
+        self.control("/outage", {"mode": mode} if after is None else {"mode": mode, "after": after})

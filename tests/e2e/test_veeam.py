@@ -196,10 +196,10 @@ def test_tokens_expiring_mid_run_are_renewed(lab):
     next requests find their token past its lifetime (refreshed before they are sent)."""
     lab.replay.control("/token-lifetime", {"seconds": 1})
     lab.replay.control("/requests/reset", {})
+    lab.replay.outage("hang", after=10)  # the server holds the listing from its 11th request on
 
     def stall():
         wait_for(lambda: len(lab.replay.requests()) >= 10, timeout=30, interval=0.01, what="the listing to start")
-        lab.replay.outage("hang")
         time.sleep(1.3)
         lab.replay.outage("none")
 

@@ -259,6 +259,21 @@ def test_scenario_replacement_keeps_ids(make_veeam):
 # -- outages ---------------------------------------------------------------------------------
 
 
+def test_a_hang_can_start_after_a_number_of_served_requests(make_veeam):
+    replay = make_veeam(scenario=SCENARIO)
+    with client(replay, timeout=1.5) as http:
+        token = login(http, replay)["access_token"]
+        replay.outage("hang", after=2)
+        assert get(http, token, "/api/v1/jobs").status_code == 200
+        assert get(http, token, "/api/v1/jobs").status_code == 200
+        with pytest.raises(httpx.ReadTimeout):  # the third is held
+            get(http, token, "/api/v1/jobs")
+        replay.outage("none")
+        assert get(http, token, "/api/v1/jobs").status_code == 200
+    with pytest.raises(VeeamControlError):
+        replay.control("/outage", {"mode": "refuse", "after": 2})
+
+
 def test_outage_refuse_hang_and_none(make_veeam):
     replay = make_veeam(scenario=SCENARIO)
     with client(replay, timeout=1.5) as http:

@@ -30,15 +30,25 @@ class OutageGate:
         self.mode = "none"
         self._cond = threading.Condition()
         self._stopping = False
+        self._serve_first: int | None = None  # `hang` after serving this many more requests
 
-    def set(self, mode: str) -> None:
+    def set(self, mode: str, after: int | None = None) -> None:
+        """Apply `mode` now, or (`hang` with `after`) once `after` more requests were served."""
         with self._cond:
-            self.mode = mode
+            if after:
+                self.mode, self._serve_first = "none", after
+            else:
+                self.mode, self._serve_first = mode, None
             self._cond.notify_all()
 
     def wait(self) -> str:
         """The mode to apply to a request that just arrived (never `hang`, unless stopping)."""
         with self._cond:
+            if self._serve_first is not None:
+                if self._serve_first == 0:
+                    self.mode, self._serve_first = "hang", None
+                else:
+                    self._serve_first -= 1
             while self.mode == "hang" and not self._stopping:
                 self._cond.wait()
             return self.mode
@@ -150,11 +160,14 @@ class Control:
                 "token_lifetime": self.api.tokens.lifetime}
 
     def outage(self, payload) -> dict:
-        mode = self._fields(payload, {"mode"}).get("mode")
+        fields = self._fields(payload, {"mode", "after"})
+        mode, after = fields.get("mode"), fields.get("after")
         if mode not in OUTAGE_MODES:
             raise ControlError(400, f"mode {mode!r}: use refuse, hang or none")
-        self.gate.set(mode)
-        return {"mode": mode}
+        if after is not None and (mode != "hang" or not isinstance(after, int) or after < 0):
+            raise ControlError(400, "after: a count of requests to serve first, with mode hang only")
+        self.gate.set(mode, after)
+        return {"mode": mode, "after": after}
 
     def token_lifetime(self, payload) -> dict:
         p = self._fields(payload, {"seconds", "expire_now"})
